@@ -1,0 +1,3 @@
+"""The exercises of each lesson, one module per lesson; importing them registers them."""
+
+from course.grading.exercises import mdp  # noqa: F401

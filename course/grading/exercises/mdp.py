@@ -1,0 +1,333 @@
+"""Checks for Lesson 01 (finite MDPs): the five exercises of ``course/mdp.py``.
+
+Every case is an MDP from ``course.mdp.random_mdp`` (or a tiny hand-made one) with varied sizes,
+discounts, terminal states and stochasticity. Values handed to the student's function hold
+garbage at terminal states on purpose: nothing may be bootstrapped from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from course import mdp as ref
+from course.grading.core import Case, Exercise, compare, register
+from course.grading.plain import show_tensor
+
+LESSON = "01_mdps"
+
+
+# --- the MDPs every exercise is tried on ------------------------------------------------------
+
+
+def _chain() -> ref.TabularMDP:
+    """0 -> 1 -> 2 (terminal): action 0 moves right for reward 1, action 1 stays for reward 0."""
+    P = torch.zeros(3, 2, 3, dtype=torch.float64)
+    P[0, 0, 1] = P[1, 0, 2] = 1.0
+    P[0, 1, 0] = P[1, 1, 1] = 1.0
+    P[2, :, 2] = 1.0
+    R = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    return ref.TabularMDP(P, R, gamma=0.9, terminal=torch.tensor([False, False, True]))
+
+
+def _coin() -> ref.TabularMDP:
+    """Two states, no terminal: action 1 is a coin flip between them."""
+    P = torch.tensor([[[1.0, 0.0], [0.5, 0.5]], [[0.0, 1.0], [0.5, 0.5]]], dtype=torch.float64)
+    R = torch.tensor([[0.0, 1.0], [2.0, -1.0]], dtype=torch.float64)
+    return ref.TabularMDP(P, R, gamma=0.5)
+
+
+def mdp_cases(generator: torch.Generator, n_random: int = 24) -> Iterator[tuple[str, Any]]:
+    """(label, mdp) pairs: hand-made edge cases first, then random MDPs, small before large."""
+    yield "a 3-state chain ending in a terminal state (gamma 0.9)", _chain()
+    yield "a 2-state coin-flip MDP without terminal states (gamma 0.5)", _coin()
+    yield "a one-action MDP (gamma 0)", ref.random_mdp(3, 1, 0.0, generator)
+    gammas = (0.0, 0.5, 0.9, 0.99, 1.0)
+    for k in range(n_random):
+        S = 2 + k // 4 + int(torch.randint(0, 2, (1,), generator=generator))
+        A = 1 + int(torch.randint(0, 4, (1,), generator=generator))
+        gamma = gammas[k % len(gammas)]
+        n_terminal = int(
+            torch.randint(1 if gamma == 1 else 0, min(3, S), (1,), generator=generator)
+        )
+        deterministic = k % 3 == 0
+        # float32 MDPs only where float32 arithmetic can reach the default tolerance
+        dtype = torch.float32 if k % 4 == 3 and gamma <= 0.9 else torch.float64
+        mdp = ref.random_mdp(
+            S, A, gamma, generator, n_terminal=n_terminal, deterministic=deterministic, dtype=dtype
+        )
+        kind = "deterministic" if deterministic else "stochastic"
+        terminals = mdp.terminal.nonzero().flatten().tolist()
+        label = (
+            f"a random {kind} MDP (S={S}, A={A}, gamma={gamma:g}, terminal states "
+            f"{terminals}, {str(dtype).removeprefix('torch.')})"
+        )
+        yield label, mdp
+
+
+def _garbage_values(mdp: ref.TabularMDP, generator: torch.Generator) -> torch.Tensor:
+    V = 3 * torch.randn(mdp.n_states, generator=generator, dtype=torch.float64)
+    V[mdp.terminal] = 100.0  # must never be read: terminal states have value 0
+    return V.to(mdp.dtype)
+
+
+def show_mdp(mdp: ref.TabularMDP, **tensors: torch.Tensor) -> str:
+    """The inputs of a case, printed when it is small enough to read."""
+    head = (
+        f"S={mdp.n_states}, A={mdp.n_actions}, gamma={mdp.gamma:g}, "
+        f"terminal={mdp.terminal.nonzero().flatten().tolist()}"
+    )
+    if mdp.n_states > 4:
+        return head
+    lines = [head, "P[s, a, s'] = " + show_tensor(mdp.P), "R[s, a] = " + show_tensor(mdp.R)]
+    lines += [f"{name} = {show_tensor(t)}" for name, t in tensors.items()]
+    return "\n".join(lines)
+
+
+# --- classic mistakes, written once and shared by the hints ------------------------------------
+
+
+def _q(
+    mdp: ref.TabularMDP,
+    V: torch.Tensor,
+    *,
+    transpose: bool = False,
+    gamma: float | None = None,
+    mask_terminal: bool = True,
+) -> torch.Tensor:
+    V = torch.as_tensor(V).to(mdp.dtype)
+    if mask_terminal:
+        V = torch.where(mdp.terminal, torch.zeros_like(V), V)
+    g = mdp.gamma if gamma is None else gamma
+    pattern = "tas,t->sa" if transpose else "sat,t->sa"
+    Q = mdp.R + g * torch.einsum(pattern, mdp.P, V)
+    return Q if mask_terminal else Q
+
+
+WRONG_AXIS = (
+    "P is indexed P[s, a, s'] (from s, by a, to s'): sum over the LAST axis against V, "
+    "e.g. `(mdp.P * V).sum(-1)` or `mdp.P @ V`"
+)
+NO_GAMMA = "the future is discounted: multiply the expected next value by mdp.gamma"
+BOOTSTRAP_TERMINAL = (
+    "nothing follows a terminal state: read V as 0 there "
+    "(e.g. `V = torch.where(mdp.terminal, 0.0, V)`) before looking ahead"
+)
+
+
+EXPECTATION_NOT_MAX = (
+    "this is the expectation operator of the policy pi: weight each action's value by "
+    "pi[s, a] and sum; a max over actions belongs to the optimality operator"
+)
+MAX_NOT_MEAN = "value iteration backs up the BEST action (max over a), not the average"
+
+
+# --- the exercises -----------------------------------------------------------------------------
+
+
+class _MDPExercise(Exercise):
+    lesson = LESSON
+    atol = 1e-4
+    rtol = 1e-4
+
+
+@register
+class QFromV(_MDPExercise):
+    id, name = "mdp.q_from_v", "q_from_v"
+
+    def reference(self, mdp: ref.TabularMDP, V: torch.Tensor) -> torch.Tensor:
+        return ref.q_from_v(mdp, V)
+
+    def mistakes(self) -> dict[str, Callable[..., Any]]:
+        return {
+            WRONG_AXIS: lambda mdp, V: _q(mdp, V, transpose=True),
+            NO_GAMMA: lambda mdp, V: _q(mdp, V, gamma=1.0),
+            BOOTSTRAP_TERMINAL: lambda mdp, V: _q(mdp, V, mask_terminal=False),
+        }
+
+    def cases(self, generator: torch.Generator) -> list[Case]:
+        out = []
+        for label, mdp in mdp_cases(generator):
+            V = _garbage_values(mdp, generator)
+            out.append(Case(label, (mdp, V), shown=show_mdp(mdp, V=V)))
+        return out
+
+
+@register
+class BellmanBackup(_MDPExercise):
+    id, name = "mdp.bellman_backup", "bellman_backup"
+
+    def reference(self, mdp: ref.TabularMDP, V: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
+        return ref.bellman_backup(mdp, V, pi)
+
+    def mistakes(self) -> dict[str, Callable[..., Any]]:
+        def expect(Q: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
+            return (pi * Q).sum(-1)
+
+        return {
+            WRONG_AXIS: lambda mdp, V, pi: expect(_q(mdp, V, transpose=True), pi),
+            NO_GAMMA: lambda mdp, V, pi: expect(_q(mdp, V, gamma=1.0), pi),
+            BOOTSTRAP_TERMINAL: lambda mdp, V, pi: expect(_q(mdp, V, mask_terminal=False), pi),
+            EXPECTATION_NOT_MAX: lambda mdp, V, pi: _q(mdp, V).max(-1).values,
+            "each action's value must be weighted by pi[s, a] (the policy), not averaged "
+            "uniformly over actions": lambda mdp, V, pi: _q(mdp, V).mean(-1),
+        }
+
+    def cases(self, generator: torch.Generator) -> list[Case]:
+        out = []
+        for k, (label, mdp) in enumerate(mdp_cases(generator)):
+            V = _garbage_values(mdp, generator)
+            pi = ref.random_policy(mdp, generator, deterministic=k % 3 == 1)
+            out.append(Case(label, (mdp, V, pi), shown=show_mdp(mdp, V=V, pi=pi)))
+        return out
+
+
+@register
+class PolicyEvaluation(_MDPExercise):
+    id, name = "mdp.policy_evaluation", "policy_evaluation"
+    time_limit = 10.0
+
+    def reference(self, mdp: ref.TabularMDP, pi: torch.Tensor, tol: float = 1e-8) -> torch.Tensor:
+        return ref.policy_evaluation(mdp, pi, tol)
+
+    def mistakes(self) -> dict[str, Callable[..., Any]]:
+        def iterate(
+            mdp: ref.TabularMDP,
+            pi: torch.Tensor,
+            sweeps: int = 100_000,
+            gamma: float | None = None,
+            mask_terminal: bool = True,
+        ) -> torch.Tensor:
+            V = torch.zeros(mdp.n_states, dtype=torch.float64)
+            m = mdp.to(dtype=torch.float64)
+            for _ in range(sweeps):
+                new = (pi.double() * _q(m, V, gamma=gamma, mask_terminal=mask_terminal)).sum(-1)
+                if (new - V).abs().max() < 1e-10:
+                    return new
+                V = new
+            return V
+
+        return {
+            "stopped before convergence: keep applying the backup until the largest change in V "
+            "is below tol (or solve the linear system exactly)": lambda mdp, pi, tol=1e-8: iterate(
+                mdp, pi, sweeps=10
+            ),
+            NO_GAMMA: lambda mdp, pi, tol=1e-8: iterate(mdp, pi, sweeps=200, gamma=1.0),
+            BOOTSTRAP_TERMINAL: lambda mdp, pi, tol=1e-8: iterate(mdp, pi, mask_terminal=False),
+        }
+
+    def cases(self, generator: torch.Generator) -> list[Case]:
+        out = []
+        for k, (label, mdp) in enumerate(mdp_cases(generator)):
+            pi = ref.random_policy(mdp, generator, deterministic=k % 3 == 1)
+            kwargs = {"tol": 1e-6} if mdp.dtype == torch.float32 else {}
+            out.append(Case(label, (mdp, pi), kwargs, shown=show_mdp(mdp, pi=pi)))
+        return out
+
+
+@register
+class GreedyPolicy(_MDPExercise):
+    id, name = "mdp.greedy_policy", "greedy_policy"
+    atol = rtol = 0.0
+
+    def reference(self, Q: torch.Tensor) -> torch.Tensor:
+        return ref.greedy_policy(Q)
+
+    def mistakes(self) -> dict[str, Callable[..., Any]]:
+        def one_hot(action: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.one_hot(action, Q.shape[-1]).to(torch.float64)
+
+        return {
+            "ties must go to the LOWEST action index (torch.argmax does this; a loop with `>=` "
+            "keeps the last one)": lambda Q: one_hot(Q.shape[-1] - 1 - Q.flip(-1).argmax(-1), Q),
+            "return a one-hot policy of shape [S, A] (1 on the chosen action), not the action "
+            "indices": lambda Q: Q.argmax(-1),
+            "the greedy action has the LARGEST value (argmax, not argmin)": lambda Q: one_hot(
+                Q.argmin(-1), Q
+            ),
+            "with several tied actions, pick one of them (the lowest index), do not spread "
+            "probability over all of them": lambda Q: (
+                (Q == Q.max(-1, keepdim=True).values).double()
+                / (Q == Q.max(-1, keepdim=True).values).double().sum(-1, keepdim=True)
+            ),
+        }
+
+    def cases(self, generator: torch.Generator) -> list[Case]:
+        fixed = [
+            ("a single state with a clear best action", torch.tensor([[0.0, 2.0, 1.0]])),
+            ("a three-way tie (expect action 0)", torch.tensor([[1.0, 1.0, 1.0]])),
+            ("ties after the first action", torch.tensor([[0.0, 5.0, 5.0], [-1.0, -2.0, -1.0]])),
+            ("negative values", torch.tensor([[-3.0, -1.0], [-0.5, -7.0]], dtype=torch.float64)),
+        ]
+        out = [Case(label, (Q,), shown=f"Q = {show_tensor(Q)}") for label, Q in fixed]
+        for k in range(16):
+            S, A = 2 + k % 6, 2 + k % 4
+            # half-integer values make exact ties common
+            Q = torch.randint(-4, 5, (S, A), generator=generator).double() / 2
+            dtype = (torch.float32, torch.float64)[k % 2]
+            out.append(
+                Case(
+                    f"random Q with ties (S={S}, A={A}, {str(dtype)[6:]})",
+                    (Q.to(dtype),),
+                    shown=f"Q = {show_tensor(Q)}",
+                )
+            )
+        return out
+
+
+@register
+class ValueIteration(_MDPExercise):
+    id, name = "mdp.value_iteration", "value_iteration"
+    time_limit = 10.0
+
+    def reference(self, mdp: ref.TabularMDP, tol: float = 1e-8) -> tuple[torch.Tensor, ...]:
+        return ref.value_iteration(mdp, tol)
+
+    def mistakes(self) -> dict[str, Callable[..., Any]]:
+        def iterate(
+            mdp: ref.TabularMDP,
+            sweeps: int = 100_000,
+            gamma: float | None = None,
+            mask_terminal: bool = True,
+            backup: str = "max",
+        ) -> tuple[torch.Tensor, ...]:
+            m = mdp.to(dtype=torch.float64)
+            V = torch.zeros(mdp.n_states, dtype=torch.float64)
+            Q = _q(m, V)
+            for _ in range(sweeps):
+                Q = _q(m, V, gamma=gamma, mask_terminal=mask_terminal)
+                new = Q.max(-1).values if backup == "max" else Q.mean(-1)
+                if (new - V).abs().max() < 1e-11:
+                    V = new
+                    break
+                V = new
+            return V, Q
+
+        return {
+            "stopped before convergence: keep sweeping until the largest change in V is below "
+            "tol": lambda mdp, tol=1e-8: iterate(mdp, sweeps=10),
+            NO_GAMMA: lambda mdp, tol=1e-8: iterate(mdp, sweeps=200, gamma=1.0),
+            BOOTSTRAP_TERMINAL: lambda mdp, tol=1e-8: iterate(
+                mdp, sweeps=2000, mask_terminal=False
+            ),
+            MAX_NOT_MEAN: lambda mdp, tol=1e-8: iterate(mdp, backup="mean"),
+        }
+
+    def judge(self, case: Case, got: Any, want: Any) -> str | None:
+        if not (isinstance(got, dict) and got.get("type") in ("tuple", "list")):
+            return "should return a pair (V, Q): e.g. `return V, Q`"
+        reason = compare(got, want, self.atol, self.rtol)
+        if reason is not None:
+            reason = reason.replace("item 0 of the returned tuple", "V").replace(
+                "item 1 of the returned tuple", "Q"
+            )
+        return reason
+
+    def cases(self, generator: torch.Generator) -> list[Case]:
+        out = []
+        for label, mdp in mdp_cases(generator):
+            kwargs = {"tol": 1e-6} if mdp.dtype == torch.float32 else {}
+            out.append(Case(label, (mdp,), kwargs, shown=show_mdp(mdp)))
+        return out

@@ -1,0 +1,211 @@
+"""Generate the student notebooks in ``lessons/`` from the complete ones in ``solutions/``.
+
+A teacher edits only ``solutions/``. In a solution notebook, the part of a cell the student writes
+stands between two marker lines::
+
+    def bellman_backup(mdp, V, pi):
+        ### BEGIN SOLUTION
+        ...
+        ### END SOLUTION
+
+``release`` replaces each such region by a stub at the same indentation (``raise
+NotImplementedError``; in Markdown cells, a prompt for the student's answer), clears every output,
+drops cells tagged ``solution-only``, and tags ``raises-exception`` every cell that would fail
+until the student has written their code: the cells that call an exercise, and, transitively, the
+cells that use what those computed. Check cells (``check("...", name)``) are never tagged: they
+report "not attempted" instead of raising. So a lesson runs top to bottom as shipped.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+CODE_STUB = ["# YOUR CODE HERE", "raise NotImplementedError"]
+MARKDOWN_STUB = "_Your answer here._"
+SOLUTION_ONLY, RAISES = "solution-only", "raises-exception"
+CHECK_FUNCTIONS = {"check"}
+
+
+class ReleaseError(ValueError):
+    """A solution notebook is malformed (unbalanced markers, unparsable cell)."""
+
+
+@dataclass(frozen=True)
+class Released:
+    """One generated lesson and whether the copy on disk was already up to date."""
+
+    solution: Path
+    lesson: Path
+    up_to_date: bool
+
+
+def strip_solutions(source: str, markdown: bool = False, where: str = "cell") -> tuple[str, bool]:
+    """Replace every ``BEGIN``/``END SOLUTION`` region of a cell's source by a stub.
+
+    Returns:
+        The new source and whether any region was replaced.
+    """
+    out: list[str] = []
+    inside = False
+    found = False
+    for number, line in enumerate(source.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped == BEGIN:
+            if inside:
+                raise ReleaseError(f"{where}, line {number}: {BEGIN} inside another solution")
+            inside, found = True, True
+            indent = line[: len(line) - len(line.lstrip())]
+            stub = [MARKDOWN_STUB] if markdown else CODE_STUB
+            out.extend(indent + s for s in stub)
+        elif stripped == END:
+            if not inside:
+                raise ReleaseError(f"{where}, line {number}: {END} without a {BEGIN} before it")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise ReleaseError(f"{where}: {BEGIN} is never closed by {END}")
+    return "\n".join(out), found
+
+
+def _loads_and_stores(tree: ast.Module, tainted: set[str]) -> tuple[bool, set[str], set[str]]:
+    """What executing a cell reads and binds, ignoring function bodies (run later, not now).
+
+    Returns:
+        (whether executing it reads a tainted name, names it binds at top level, names of the
+        functions/classes it defines whose bodies read a tainted name).
+    """
+    reads_tainted = False
+    binds: set[str] = set()
+    tainted_defs: set[str] = set()
+
+    def reads(node: ast.AST) -> set[str]:
+        names = set()
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load):
+                names.add(sub.id)
+        return names
+
+    def check_call_args(node: ast.AST) -> set[str]:
+        # names passed straight to check(...) are judged, not called
+        skip = set()
+        for sub in ast.walk(node):
+            if (
+                isinstance(sub, ast.Call)
+                and isinstance(sub.func, ast.Name)
+                and sub.func.id in CHECK_FUNCTIONS
+            ):
+                skip |= {a.id for a in sub.args if isinstance(a, ast.Name)}
+        return skip
+
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            binds.add(stmt.name)
+            if reads(stmt) & tainted:
+                tainted_defs.add(stmt.name)
+            continue
+        skip = check_call_args(stmt)
+        stmt_reads = {n for n in reads(stmt) if n not in skip}
+        if stmt_reads & tainted:
+            reads_tainted = True
+        for sub in ast.walk(stmt):
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, (ast.Store, ast.Del)):
+                binds.add(sub.id)
+            elif isinstance(sub, (ast.Import, ast.ImportFrom)):
+                binds |= {(a.asname or a.name).split(".")[0] for a in sub.names}
+    return reads_tainted, binds, tainted_defs
+
+
+def make_lesson(solution: nbformat.NotebookNode, name: str = "notebook") -> nbformat.NotebookNode:
+    """The student version of a solution notebook (a new object; the input is not changed)."""
+    nb = copy.deepcopy(solution)
+    cells = []
+    tainted: set[str] = set()
+    for index, cell in enumerate(nb.cells):
+        tags = list(cell.get("metadata", {}).get("tags", []))
+        if SOLUTION_ONLY in tags:
+            continue
+        where = f"{name}, cell {index}"
+        source, stubbed = strip_solutions(cell.source, cell.cell_type == "markdown", where)
+        cell.source = source
+        cell.metadata = {"tags": [t for t in tags if t != RAISES]} if tags else {}
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+            try:
+                tree = ast.parse(_without_magics(source))
+            except SyntaxError as exc:
+                raise ReleaseError(f"{where}: cannot parse the cell ({exc.msg})") from exc
+            if stubbed:
+                tainted |= {
+                    s.name
+                    for s in tree.body
+                    if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                }
+            reads_tainted, binds, tainted_defs = _loads_and_stores(tree, tainted)
+            tainted |= tainted_defs
+            if reads_tainted or (stubbed and _runs_stub(tree)):
+                tainted |= binds
+                cell.metadata.setdefault("tags", []).append(RAISES)
+            if not cell.metadata.get("tags"):
+                cell.metadata.pop("tags", None)
+        cells.append(cell)
+    nb.cells = cells
+    nb.metadata = {k: v for k, v in nb.metadata.items() if k in ("kernelspec", "language_info")}
+    return nb
+
+
+def _runs_stub(tree: ast.Module) -> bool:
+    """Whether a stub sits at the top level of the cell (so running the cell raises)."""
+    return any(
+        isinstance(s, ast.Raise)
+        and isinstance(s.exc, ast.Name)
+        and s.exc.id == "NotImplementedError"
+        for s in tree.body
+    )
+
+
+def _without_magics(source: str) -> str:
+    # IPython magics and shell escapes are not Python; blank them so ast can read the rest
+    return re.sub(r"^\s*[%!].*$", "", source, flags=re.MULTILINE)
+
+
+def release(
+    solutions: Path | str = "solutions", lessons: Path | str = "lessons", check_only: bool = False
+) -> list[Released]:
+    """Regenerate every lesson from its solution (or, with ``check_only``, only compare).
+
+    Returns:
+        One ``Released`` per solution notebook, saying whether the lesson on disk was current.
+    """
+    solutions, lessons = Path(solutions), Path(lessons)
+    paths = sorted(solutions.glob("*.ipynb"))
+    if not paths:
+        raise ReleaseError(f"no notebooks in {solutions}/: run from the course's root folder")
+    results = []
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        text = nbformat.writes(make_lesson(nb, path.name)) + "\n"
+        target = lessons / path.name
+        current = target.exists() and target.read_text(encoding="utf-8") == text
+        if not current and not check_only:
+            lessons.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".ipynb.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(target)
+        results.append(Released(path, target, current))
+    return results
+
+
+def stale_lessons(
+    solutions: Path | str = "solutions", lessons: Path | str = "lessons"
+) -> list[Path]:
+    """Lessons that do not match what ``release`` would generate now (empty when all current)."""
+    return [r.lesson for r in release(solutions, lessons, check_only=True) if not r.up_to_date]

@@ -1,0 +1,130 @@
+"""course release: solutions/ -> lessons/, and the lessons on disk are current."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course.cli import main
+from course.release import (
+    CODE_STUB,
+    MARKDOWN_STUB,
+    RAISES,
+    ReleaseError,
+    make_lesson,
+    release,
+    stale_lessons,
+    strip_solutions,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def notebook(*cells: tuple[str, str], tags: dict[int, list[str]] | None = None):
+    nb = nbformat.v4.new_notebook()
+    for i, (kind, source) in enumerate(cells):
+        cell = (nbformat.v4.new_code_cell if kind == "code" else nbformat.v4.new_markdown_cell)(
+            source
+        )
+        if tags and i in tags:
+            cell.metadata["tags"] = tags[i]
+        if kind == "code":
+            cell.outputs = [nbformat.v4.new_output("stream", text="out\n")]
+            cell.execution_count = i + 1
+        nb.cells.append(cell)
+    return nb
+
+
+EXERCISE = """def double(x):
+    \"\"\"Twice x.\"\"\"
+    ### BEGIN SOLUTION
+    y = 2 * x
+    return y
+    ### END SOLUTION"""
+
+
+def test_solution_region_becomes_an_indented_stub():
+    source, found = strip_solutions(EXERCISE)
+    assert found
+    assert "2 * x" not in source
+    assert source.splitlines()[-2:] == ["    " + line for line in CODE_STUB]
+    assert source.startswith('def double(x):\n    """Twice x."""')
+
+
+def test_markdown_answer_becomes_a_prompt():
+    source, found = strip_solutions("Q?\n### BEGIN SOLUTION\nBecause.\n### END SOLUTION", True)
+    assert found and source == f"Q?\n{MARKDOWN_STUB}"
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("### BEGIN SOLUTION\nx = 1", "never closed"),
+        ("x = 1\n### END SOLUTION", "without a"),
+        ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION", "inside another"),
+    ],
+)
+def test_unbalanced_markers_are_clear_errors(source, message):
+    with pytest.raises(ReleaseError, match=message):
+        strip_solutions(source, where="nb, cell 3")
+
+
+def test_lesson_clears_outputs_and_tags_what_needs_the_student_code():
+    nb = notebook(
+        ("code", "import math\nfrom course.grading import check"),
+        ("code", EXERCISE),
+        ("code", 'check("x.double", double)'),
+        ("code", "four = double(2)"),  # calls the stub: raises in the lesson
+        ("code", "print(four + 1)"),  # uses what the failing cell would have made
+        ("code", "def helper(v):\n    return double(v) + 1"),  # defining is fine...
+        ("code", "helper(3)"),  # ...calling is not
+        ("code", "print(math.pi)"),  # independent of the exercise
+        ("code", "secret = 42"),
+        ("markdown", "The end"),
+        tags={8: ["solution-only"]},
+    )
+    lesson = make_lesson(nb)
+    raises = [RAISES in c.metadata.get("tags", []) for c in lesson.cells]
+    assert raises == [False, False, False, True, True, False, True, False, False]
+    assert all(
+        c.outputs == [] and c.execution_count is None for c in lesson.cells if c.cell_type == "code"
+    )
+    assert not any("secret" in c.source for c in lesson.cells)
+    assert nb.cells[1].source == EXERCISE, "the solution notebook must not change"
+
+
+def test_top_level_stub_tags_its_own_cell():
+    nb = notebook(("code", "### BEGIN SOLUTION\nanswer = 42\n### END SOLUTION\nprint(answer)"))
+    assert make_lesson(nb).cells[0].metadata["tags"] == [RAISES]
+
+
+def test_release_writes_then_reports_current(tmp_path):
+    (tmp_path / "solutions").mkdir()
+    nbformat.write(notebook(("code", EXERCISE)), tmp_path / "solutions" / "01_x.ipynb")
+    first = release(tmp_path / "solutions", tmp_path / "lessons")
+    assert [r.up_to_date for r in first] == [False]
+    assert stale_lessons(tmp_path / "solutions", tmp_path / "lessons") == []
+    lesson = tmp_path / "lessons" / "01_x.ipynb"
+    lesson.write_text(lesson.read_text().replace("YOUR CODE", "MY CODE"))
+    assert stale_lessons(tmp_path / "solutions", tmp_path / "lessons") == [lesson]
+
+
+def test_cli_check_exit_codes(tmp_path, capsys):
+    (tmp_path / "solutions").mkdir()
+    nbformat.write(notebook(("code", EXERCISE)), tmp_path / "solutions" / "01_x.ipynb")
+    args = ["--solutions", str(tmp_path / "solutions"), "--lessons", str(tmp_path / "lessons")]
+    assert main(["release", "--check", *args]) == 1
+    assert "OUT OF DATE" in capsys.readouterr().out
+    assert main(["release", *args]) == 0
+    assert main(["release", "--check", *args]) == 0
+    assert main(["release", "--solutions", str(tmp_path / "nothing")]) == 2
+    assert "no notebooks" in capsys.readouterr().err
+
+
+def test_shipped_lessons_are_generated_from_the_solutions():
+    if not list((ROOT / "solutions").glob("*.ipynb")):
+        pytest.skip("no solution notebooks yet")
+    stale = stale_lessons(ROOT / "solutions", ROOT / "lessons")
+    assert stale == [], f"lessons out of date: {stale}; run `course release`"
