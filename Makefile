@@ -16,6 +16,7 @@ export OMP_NUM_THREADS = 1
 export MKL_NUM_THREADS = 1
 export PYDEVD_DISABLE_FILE_VALIDATION = 1
 
+NOTEBOOKS = $(wildcard solutions/*.ipynb lessons/*.ipynb)
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: setup lab test lint solutions release bench clean
@@ -34,7 +35,7 @@ lab: setup
 
 test: setup
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope tests solutions lessons $(NBVAL)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadscope tests $(NOTEBOOKS) $(NBVAL)
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check course tests benchmarks

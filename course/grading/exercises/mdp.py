@@ -122,6 +122,66 @@ EXPECTATION_NOT_MAX = (
     "pi[s, a] and sum; a max over actions belongs to the optimality operator"
 )
 MAX_NOT_MEAN = "value iteration backs up the BEST action (max over a), not the average"
+BOOTSTRAP_INTO_TERMINAL = (
+    "setting the result to 0 at terminal states is not enough: the states that move INTO a "
+    "terminal state must not add gamma * V there either; read V as 0 at terminal states before "
+    "looking ahead"
+)
+UNIFORM_NOT_PI = (
+    "each action's value must be weighted by pi[s, a] (the policy), not averaged "
+    "uniformly over actions"
+)
+STOPPED_EARLY = (
+    "stopped before convergence: keep applying the backup until the largest change in V "
+    "is below tol (or solve the linear system exactly)"
+)
+EVALUATION_MAX = (
+    "these are the optimal values V*, not the values of pi: policy evaluation weights each "
+    "action by pi[s, a]; the max over actions belongs to value iteration"
+)
+SINGULAR_SOLVE = (
+    "hint: with gamma = 1 the rows of I - gamma * P_pi at terminal states are all zero, so the "
+    "full system is singular: solve only for the non-terminal states (V is 0 at terminal "
+    "states), or replace the terminal rows by the equation V[s] = 0"
+)
+TIES_LOWEST = (
+    "ties must go to the LOWEST action index (torch.argmax does this; a loop with `>=` "
+    "keeps the last one)"
+)
+ONE_HOT = "return a one-hot policy of shape [S, A] (1 on the chosen action), not the action indices"
+ARGMAX = "the greedy action has the LARGEST value (argmax, not argmin)"
+SPREAD_TIES = (
+    "with several tied actions, pick one of them (the lowest index), do not spread "
+    "probability over all of them"
+)
+STOPPED_EARLY_VI = (
+    "stopped before convergence: keep sweeping until the largest change in V is below tol"
+)
+
+
+def _zero_terminal_rows(mdp: ref.TabularMDP, x: torch.Tensor) -> torch.Tensor:
+    """Zeroes a result at terminal states only (their predecessors still read V there)."""
+    x = x.clone()
+    x[mdp.terminal] = 0.0
+    return x
+
+
+def _optimal_values(mdp: ref.TabularMDP) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact ``(V*, Q*)`` by policy iteration with linear solves, in the MDP's dtype."""
+    m = mdp.to(dtype=torch.float64)
+    pi = ref.greedy_policy(m.R)
+    try:
+        for _ in range(1000):
+            Q = ref.q_from_v(m, ref.policy_evaluation(m, pi))
+            better = Q.max(-1).values > (pi * Q).sum(-1) + 1e-12
+            if not better.any():
+                V = Q.max(-1).values
+                return V.to(mdp.dtype), ref.q_from_v(m, V).to(mdp.dtype)
+            # only states that strictly improve change action, so ties cannot make it cycle
+            pi = torch.where(better[:, None], ref.greedy_policy(Q), pi)
+    except ValueError:  # gamma = 1 and a policy that never terminates: sweep instead
+        pass
+    return ref.value_iteration(mdp)
 
 
 # --- the exercises -----------------------------------------------------------------------------
@@ -145,6 +205,9 @@ class QFromV(_MDPExercise):
             WRONG_AXIS: lambda mdp, V: _q(mdp, V, transpose=True),
             NO_GAMMA: lambda mdp, V: _q(mdp, V, gamma=1.0),
             BOOTSTRAP_TERMINAL: lambda mdp, V: _q(mdp, V, mask_terminal=False),
+            BOOTSTRAP_INTO_TERMINAL: lambda mdp, V: _zero_terminal_rows(
+                mdp, _q(mdp, V, mask_terminal=False)
+            ),
         }
 
     def cases(self, generator: torch.Generator) -> list[Case]:
@@ -170,9 +233,11 @@ class BellmanBackup(_MDPExercise):
             WRONG_AXIS: lambda mdp, V, pi: expect(_q(mdp, V, transpose=True), pi),
             NO_GAMMA: lambda mdp, V, pi: expect(_q(mdp, V, gamma=1.0), pi),
             BOOTSTRAP_TERMINAL: lambda mdp, V, pi: expect(_q(mdp, V, mask_terminal=False), pi),
+            BOOTSTRAP_INTO_TERMINAL: lambda mdp, V, pi: _zero_terminal_rows(
+                mdp, expect(_q(mdp, V, mask_terminal=False), pi)
+            ),
             EXPECTATION_NOT_MAX: lambda mdp, V, pi: _q(mdp, V).max(-1).values,
-            "each action's value must be weighted by pi[s, a] (the policy), not averaged "
-            "uniformly over actions": lambda mdp, V, pi: _q(mdp, V).mean(-1),
+            UNIFORM_NOT_PI: lambda mdp, V, pi: _q(mdp, V).mean(-1),
         }
 
     def cases(self, generator: torch.Generator) -> list[Case]:
@@ -209,14 +274,19 @@ class PolicyEvaluation(_MDPExercise):
                 V = new
             return V
 
+        # Iterating from V = 0 without masking terminal states is no mistake (V stays 0 there);
+        # bootstrapping from them bites in the full linear solve with gamma = 1 (`_verdict`).
         return {
-            "stopped before convergence: keep applying the backup until the largest change in V "
-            "is below tol (or solve the linear system exactly)": lambda mdp, pi, tol=1e-8: iterate(
-                mdp, pi, sweeps=10
-            ),
+            STOPPED_EARLY: lambda mdp, pi, tol=1e-8: iterate(mdp, pi, sweeps=10),
             NO_GAMMA: lambda mdp, pi, tol=1e-8: iterate(mdp, pi, sweeps=200, gamma=1.0),
-            BOOTSTRAP_TERMINAL: lambda mdp, pi, tol=1e-8: iterate(mdp, pi, mask_terminal=False),
+            EVALUATION_MAX: lambda mdp, pi, tol=1e-8: _optimal_values(mdp)[0],
         }
+
+    def _verdict(self, case: Case, outcome: Any) -> str | None:
+        reason = super()._verdict(case, outcome)
+        if reason is not None and outcome is not None and "LinAlgError" in (outcome.error or ""):
+            reason += "\n" + SINGULAR_SOLVE
+        return reason
 
     def cases(self, generator: torch.Generator) -> list[Case]:
         out = []
@@ -240,15 +310,10 @@ class GreedyPolicy(_MDPExercise):
             return torch.nn.functional.one_hot(action, Q.shape[-1]).to(torch.float64)
 
         return {
-            "ties must go to the LOWEST action index (torch.argmax does this; a loop with `>=` "
-            "keeps the last one)": lambda Q: one_hot(Q.shape[-1] - 1 - Q.flip(-1).argmax(-1), Q),
-            "return a one-hot policy of shape [S, A] (1 on the chosen action), not the action "
-            "indices": lambda Q: Q.argmax(-1),
-            "the greedy action has the LARGEST value (argmax, not argmin)": lambda Q: one_hot(
-                Q.argmin(-1), Q
-            ),
-            "with several tied actions, pick one of them (the lowest index), do not spread "
-            "probability over all of them": lambda Q: (
+            TIES_LOWEST: lambda Q: one_hot(Q.shape[-1] - 1 - Q.flip(-1).argmax(-1), Q),
+            ONE_HOT: lambda Q: Q.argmax(-1),
+            ARGMAX: lambda Q: one_hot(Q.argmin(-1), Q),
+            SPREAD_TIES: lambda Q: (
                 (Q == Q.max(-1, keepdim=True).values).double()
                 / (Q == Q.max(-1, keepdim=True).values).double().sum(-1, keepdim=True)
             ),
@@ -283,7 +348,9 @@ class ValueIteration(_MDPExercise):
     time_limit = 10.0
 
     def reference(self, mdp: ref.TabularMDP, tol: float = 1e-8) -> tuple[torch.Tensor, ...]:
-        return ref.value_iteration(mdp, tol)
+        # The exact optimum: far faster than sweeping to 1e-8 at gamma = 0.99, and within 1e-6
+        # of ref.value_iteration (asserted in the tests).
+        return _optimal_values(mdp)
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
         def iterate(
@@ -292,9 +359,10 @@ class ValueIteration(_MDPExercise):
             gamma: float | None = None,
             mask_terminal: bool = True,
             backup: str = "max",
+            start: float = 0.0,
         ) -> tuple[torch.Tensor, ...]:
             m = mdp.to(dtype=torch.float64)
-            V = torch.zeros(mdp.n_states, dtype=torch.float64)
+            V = torch.full((mdp.n_states,), start, dtype=torch.float64)
             Q = _q(m, V)
             for _ in range(sweeps):
                 Q = _q(m, V, gamma=gamma, mask_terminal=mask_terminal)
@@ -305,13 +373,12 @@ class ValueIteration(_MDPExercise):
                 V = new
             return V, Q
 
+        # From V = 0, not masking terminal states changes nothing (V stays 0 there); it shows
+        # when V starts elsewhere, e.g. at 1, and gamma = 1 never forgets that start.
         return {
-            "stopped before convergence: keep sweeping until the largest change in V is below "
-            "tol": lambda mdp, tol=1e-8: iterate(mdp, sweeps=10),
+            STOPPED_EARLY_VI: lambda mdp, tol=1e-8: iterate(mdp, sweeps=10),
             NO_GAMMA: lambda mdp, tol=1e-8: iterate(mdp, sweeps=200, gamma=1.0),
-            BOOTSTRAP_TERMINAL: lambda mdp, tol=1e-8: iterate(
-                mdp, sweeps=2000, mask_terminal=False
-            ),
+            BOOTSTRAP_TERMINAL: lambda mdp, tol=1e-8: iterate(mdp, mask_terminal=False, start=1.0),
             MAX_NOT_MEAN: lambda mdp, tol=1e-8: iterate(mdp, backup="mean"),
         }
 
