@@ -30,6 +30,9 @@ BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 CODE_STUB = ["# YOUR CODE HERE", "raise NotImplementedError"]
 MARKDOWN_STUB = "_Your answer here._"
 SOLUTION_ONLY, RAISES = "solution-only", "raises-exception"
+# Written into every lesson's metadata as {"course": {"lesson": stem, "version": ...}}, so that
+# ``course grade`` recognises a submission's lesson; bump it when graded exercises change.
+LESSON_FORMAT_VERSION = 1
 CHECK_FUNCTIONS = {"check"}
 
 
@@ -159,6 +162,8 @@ def make_lesson(solution: nbformat.NotebookNode, name: str = "notebook") -> nbfo
         cells.append(cell)
     nb.cells = cells
     nb.metadata = {k: v for k, v in nb.metadata.items() if k in ("kernelspec", "language_info")}
+    if name.endswith(".ipynb"):
+        nb.metadata["course"] = {"lesson": name[: -len(".ipynb")], "version": LESSON_FORMAT_VERSION}
     return nb
 
 

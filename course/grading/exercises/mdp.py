@@ -14,7 +14,7 @@ import torch
 
 from course import mdp as ref
 from course.grading.core import Case, Exercise, compare, register
-from course.grading.plain import show_tensor
+from course.grading.plain import describe, show_tensor
 
 LESSON = "01_mdps"
 
@@ -314,8 +314,8 @@ class GreedyPolicy(_MDPExercise):
             ONE_HOT: lambda Q: Q.argmax(-1),
             ARGMAX: lambda Q: one_hot(Q.argmin(-1), Q),
             SPREAD_TIES: lambda Q: (
-                (Q == Q.max(-1, keepdim=True).values).double()
-                / (Q == Q.max(-1, keepdim=True).values).double().sum(-1, keepdim=True)
+                (Q == Q.max(-1, keepdim=True).values).to(Q.dtype)
+                / (Q == Q.max(-1, keepdim=True).values).to(Q.dtype).sum(-1, keepdim=True)
             ),
         }
 
@@ -384,7 +384,7 @@ class ValueIteration(_MDPExercise):
 
     def judge(self, case: Case, got: Any, want: Any) -> str | None:
         if not (isinstance(got, dict) and got.get("type") in ("tuple", "list")):
-            return "should return a pair (V, Q): e.g. `return V, Q`"
+            return f"returned {describe(got)}; it should return a pair (V, Q): `return V, Q`"
         reason = compare(got, want, self.atol, self.rtol)
         if reason is not None:
             reason = reason.replace("item 0 of the returned tuple", "V").replace(

@@ -1,0 +1,106 @@
+"""Interactive explorers for the lessons: they call the library and plots.py, nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import ipywidgets as widgets
+from IPython.display import display
+
+from course.mdp import greedy_policy, gridworld, value_iteration
+from course.plots import plot_values
+
+# =============================================================================================
+# Lesson 01: MDPs
+# =============================================================================================
+
+
+class GridworldExplorer(widgets.VBox):
+    """Sliders for ``gamma`` and ``slip`` that re-solve a gridworld and redraw its values.
+
+    Taught in Lesson 01. Every change of a slider builds the MDP again with
+    ``course.mdp.gridworld``, solves it with ``course.mdp.value_iteration`` and draws
+    ``V*`` with the greedy policy (``course.plots.plot_values``). The latest solution is kept
+    in ``mdp``, ``V``, ``Q``, ``pi`` and ``figure`` so that it can be inspected (or tested).
+
+    Attributes:
+        gamma_slider: The discount slider.
+        slip_slider: The slip-probability slider.
+        output: Where the figure is drawn.
+        mdp: The current ``GridMDP``.
+        V: Optimal values ``[S]`` of the current MDP.
+        Q: Optimal action values ``[S, A]``.
+        pi: Greedy one-hot policy ``[S, A]`` (ties within 1e-9 to the lowest action).
+        figure: The current figure.
+        grid_layout: The rows of the map (``layout`` is the widget's CSS layout).
+    """
+
+    def __init__(
+        self,
+        layout: Sequence[str],
+        gamma: float = 0.95,
+        slip: float = 0.0,
+        step_reward: float = -1.0,
+        goal_reward: float = 0.0,
+        pit_reward: float = -10.0,
+    ) -> None:
+        self.grid_layout = list(layout)
+        self.rewards = dict(step_reward=step_reward, goal_reward=goal_reward, pit_reward=pit_reward)
+        style = {"description_width": "initial"}
+        self.gamma_slider = widgets.FloatSlider(
+            value=gamma, min=0.5, max=0.99, step=0.01, description="gamma", style=style
+        )
+        self.slip_slider = widgets.FloatSlider(
+            value=slip, min=0.0, max=0.6, step=0.05, description="slip", style=style
+        )
+        self.output = widgets.Output()
+        super().__init__([widgets.HBox([self.gamma_slider, self.slip_slider]), self.output])
+        self.gamma_slider.observe(self._on_change, names="value")
+        self.slip_slider.observe(self._on_change, names="value")
+        self.update()
+
+    def _on_change(self, change: dict) -> None:
+        self.update()
+
+    def update(self) -> None:
+        """Re-solves the gridworld for the sliders' values and redraws the figure."""
+        gamma, slip = float(self.gamma_slider.value), float(self.slip_slider.value)
+        self.mdp = gridworld(self.grid_layout, slip=slip, gamma=gamma, **self.rewards)
+        self.V, self.Q = value_iteration(self.mdp, tol=1e-6)
+        self.pi = greedy_policy(self.Q, atol=1e-9)
+        self.figure = plot_values(
+            self.mdp,
+            self.V,
+            self.pi,
+            title=f"V* and greedy policy, gamma={gamma:g}, slip={slip:g}",
+        )
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(self.figure)
+
+
+def gridworld_explorer(
+    layout: Sequence[str],
+    gamma: float = 0.95,
+    slip: float = 0.0,
+    step_reward: float = -1.0,
+    goal_reward: float = 0.0,
+    pit_reward: float = -10.0,
+) -> GridworldExplorer:
+    """An interactive gridworld: sliders for ``gamma`` and ``slip`` re-solve and redraw it.
+
+    Taught in Lesson 01. See ``GridworldExplorer``; the rewards are those of
+    ``course.mdp.gridworld``.
+
+    Args:
+        layout: Rows of the map (``S`` start, ``G`` goal, ``X`` pit, ``#`` wall, ``.`` floor).
+        gamma: Initial discount, in ``[0.5, 0.99]``.
+        slip: Initial probability that a move goes sideways, in ``[0, 0.6]``.
+        step_reward: Reward of every move.
+        goal_reward: Extra reward of entering a goal.
+        pit_reward: Extra reward of entering a pit.
+
+    Returns:
+        The explorer widget; display it (last line of a cell) to use it.
+    """
+    return GridworldExplorer(layout, gamma, slip, step_reward, goal_reward, pit_reward)
