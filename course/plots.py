@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import matplotlib
 import numpy as np
@@ -11,7 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from course.mdp import ACTION_DELTAS, GridMDP
+from course.mdp import ACTION_DELTAS, GridMDP, greedy_policy
 
 # =============================================================================================
 # Lesson 01: MDPs
@@ -160,4 +161,199 @@ def plot_replay_curves(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
+    return fig
+
+
+# =============================================================================================
+# Lesson 03: DQN
+# =============================================================================================
+
+#: Colours of the agents compared in Lesson 03.
+_DQN_COLOURS = {"DQN": "#cf222e", "Double DQN": "#0969da"}
+
+
+def plot_dqn_curves(
+    steps: np.ndarray | torch.Tensor,
+    bands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    ylabel: str = "greedy return",
+    title: str = "",
+    threshold: float | None = None,
+    ax: Axes | None = None,
+    figsize: tuple[float, float] = (6.0, 3.5),
+) -> Figure:
+    """Learning curves with their confidence bands, one per agent, against environment steps.
+
+    Taught in Lesson 03. The bands come from `course.evaluation.curve_ci` over seeds.
+
+    Args:
+        steps: Environment steps of the measurements, ``[T]``.
+        bands: Agent name -> ``(estimate, low, high)``, each ``[T]``.
+        ylabel: Label of the vertical axis.
+        title: Title of the axes.
+        threshold: Optional level drawn as a dashed line (e.g. 475, CartPole "solved").
+        ax: Axes to draw on; a new figure (not registered with pyplot) when None.
+        figsize: Size of a new figure.
+
+    Returns:
+        The figure drawn on.
+    """
+    if ax is None:
+        fig = Figure(figsize=figsize, layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    steps = np.asarray(steps)
+    for name, (estimate, low, high) in bands.items():
+        colour = _DQN_COLOURS.get(name)
+        ax.plot(steps, estimate, color=colour, label=name)
+        ax.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
+    if threshold is not None:
+        ax.axhline(threshold, color="#57606a", linestyle="--", linewidth=1)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    return fig
+
+
+class QComparison(NamedTuple):
+    """How close a learned Q is to Q*, over the non-terminal states (Lesson 03)."""
+
+    max_error: float
+    """largest ``|Q(s, a) - Q*(s, a)|``"""
+    mean_error: float
+    """mean ``|Q(s, a) - Q*(s, a)|``"""
+    greedy_optimal: float
+    """fraction of states whose greedy action under Q is optimal under Q* (ties allowed)"""
+
+
+def q_comparison(
+    q: torch.Tensor, q_star: torch.Tensor, terminal: torch.Tensor, atol: float = 1e-6
+) -> QComparison:
+    """Compare a learned Q with the exact Q* state by state (the numbers beside the figure).
+
+    Args:
+        q: Learned action values ``[S, A]``.
+        q_star: Exact optimal action values ``[S, A]`` (from `course.mdp.value_iteration`).
+        terminal: ``[S]`` bool; terminal states are left out (nothing is learned there).
+        atol: Actions within ``atol`` of the best under Q* all count as optimal.
+
+    Returns:
+        The largest and mean absolute errors and the fraction of greedy-optimal states.
+    """
+    q = torch.as_tensor(q).detach().cpu().double()
+    q_star = torch.as_tensor(q_star).detach().cpu().double()
+    keep = ~torch.as_tensor(terminal).cpu().bool()
+    if q.shape != q_star.shape:
+        raise ValueError(f"q has shape {tuple(q.shape)} but q_star {tuple(q_star.shape)}")
+    error = (q - q_star)[keep].abs()
+    optimal = q_star >= q_star.max(-1, keepdim=True).values - atol
+    greedy = optimal.gather(-1, q.argmax(-1, keepdim=True)).squeeze(-1)[keep]
+    return QComparison(
+        max_error=float(error.max()),
+        mean_error=float(error.mean()),
+        greedy_optimal=float(greedy.double().mean()),
+    )
+
+
+def plot_q_comparison(
+    mdp: GridMDP,
+    q: torch.Tensor,
+    q_star: torch.Tensor,
+    figsize: tuple[float, float] = (10.0, 3.2),
+) -> Figure:
+    """Three grids: ``max_a Q*`` with the optimal policy, ``max_a Q`` with its greedy policy,
+    and the largest error ``max_a |Q - Q*|`` per state.
+
+    Taught in Lesson 03.
+
+    Args:
+        mdp: The gridworld both Q-functions belong to.
+        q: Learned action values ``[S, A]``.
+        q_star: Exact optimal action values ``[S, A]``.
+        figsize: Size of the figure.
+
+    Returns:
+        The figure.
+    """
+    q = torch.as_tensor(q).detach().cpu().double()
+    q_star = torch.as_tensor(q_star).detach().cpu().double()
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(1, 3)
+    plot_values(
+        mdp,
+        q_star.max(-1).values,
+        greedy_policy(q_star, atol=1e-9),
+        ax=axes[0],
+        title="exact: max_a Q*(s, a)",
+        annotate=False,
+    )
+    plot_values(
+        mdp,
+        q.max(-1).values,
+        greedy_policy(q),
+        ax=axes[1],
+        title="learned: max_a Q(s, a)",
+        annotate=False,
+    )
+    plot_values(
+        mdp,
+        (q - q_star).abs().max(-1).values,
+        ax=axes[2],
+        title="error: max_a |Q - Q*|",
+        annotate=False,
+    )
+    return fig
+
+
+# =============================================================================================
+# Lesson 05: transfer by fine-tuning
+# =============================================================================================
+
+#: Colours of the fine-tuning strategies compared in Lesson 05.
+_TRANSFER_COLOURS = {
+    "scratch": "#57606a",
+    "scratch_same_eps": "#8c959f",
+    "full": "#0969da",
+    "freeze_trunk": "#cf222e",
+    "l2sp": "#1a7f37",
+    "multitask": "#8250df",
+}
+
+
+def plot_transfer_curves(
+    steps: np.ndarray | torch.Tensor,
+    bands_by_target: dict[str, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]],
+    threshold: float | None = None,
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
+    """Learning curves of every strategy on every target task, one panel per target.
+
+    Taught in Lesson 05. The bands come from `course.evaluation.curve_ci` over seeds (e.g.
+    ``ComparisonResult.band``).
+
+    Args:
+        steps: Target-task environment steps of the evaluations, ``[T]``.
+        bands_by_target: Target name -> strategy name -> ``(estimate, low, high)``, each ``[T]``.
+        threshold: Optional level drawn as a dashed line (the metrics' threshold).
+        figsize: Size of the figure (default: 3.3 inches per panel, 3.2 high).
+
+    Returns:
+        The figure (not registered with pyplot).
+    """
+    n = len(bands_by_target)
+    fig = Figure(figsize=figsize or (3.3 * n, 3.2), layout="constrained")
+    axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
+    steps = np.asarray(steps)
+    for ax, (target, bands) in zip(axes, bands_by_target.items(), strict=True):
+        for name, (estimate, low, high) in bands.items():
+            colour = _TRANSFER_COLOURS.get(name)
+            ax.plot(steps, estimate, color=colour, label=name, linewidth=1.5)
+            ax.fill_between(steps, low, high, color=colour, alpha=0.15, linewidth=0)
+        if threshold is not None:
+            ax.axhline(threshold, color="#57606a", linestyle="--", linewidth=1)
+        ax.set_title(target, fontsize=10)
+        ax.set_xlabel("target-task steps")
+    axes[0].set_ylabel("greedy return")
+    axes[-1].legend(fontsize=7, loc="lower right")
     return fig

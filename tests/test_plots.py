@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import matplotlib
+import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -77,3 +78,25 @@ def test_plot_values_on_frozen_lake():
     fig = plot_values(mdp, V, greedy_policy(Q), action_deltas=FROZEN_LAKE_ACTION_DELTAS)
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts.count("H") == 4 and texts.count("G") == 1
+
+
+# --- Lesson 02 ----------------------------------------------------------------------------------
+
+
+def test_plot_replay_curves_draws_one_line_and_band_per_learner():
+    from course.plots import plot_replay_curves
+
+    steps = np.array([50, 100, 150])
+    online, replay = np.array([0.3, 0.3, 0.2]), np.array([0.3, 0.1, 0.05])
+    bands = {
+        "online": (online, online - 0.1, online + 0.1),
+        "replay": (replay, replay / 2, replay * 2),
+    }
+    fig = plot_replay_curves(steps, bands, ylabel="error", title="t")
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["online", "replay"]
+    assert np.array_equal(ax.get_lines()[1].get_ydata(), bands["replay"][0])
+    assert len(ax.collections) == 2  # the two bands
+    assert ax.get_ylabel() == "error" and ax.get_xlabel() == "updates"
+    other = Figure()
+    assert plot_replay_curves(steps, bands, ylabel="e", ax=other.add_subplot()) is other

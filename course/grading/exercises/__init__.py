@@ -1,3 +1,6 @@
 """The exercises of each lesson, one module per lesson; importing them registers them."""
 
-from course.grading.exercises import mdp  # noqa: F401
+from course.grading.exercises import (  # noqa: F401
+    mdp,
+    replay,
+)
