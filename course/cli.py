@@ -28,6 +28,37 @@ def _release(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grade(args: argparse.Namespace) -> int:
+    from course.grading import grade as grade_module  # imports torch: only when grading
+
+    limits = grade_module.Limits(
+        timeout=args.timeout,
+        cell_timeout=min(args.cell_timeout, args.timeout),
+        memory_mb=args.memory,
+        isolate_network=not args.allow_network,
+    )
+    try:
+        results = grade_module.grade_class(
+            args.paths,
+            out=args.out,
+            feedback=None if args.feedback == "" else args.feedback,
+            workers=args.workers,
+            limits=limits,
+            seed=args.seed,
+            lesson=args.lesson,
+            fresh=args.fresh,
+            progress=not args.quiet,
+        )
+    except (grade_module.GradeError, OSError) as exc:
+        print(f"course grade: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(grade_module.results_json(results))
+    print(results.summary(), file=sys.stderr)
+    print(f"Gradebook: {args.out}; feedback: {args.feedback}/", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="course", description="Transfer and multi-task RL course: tools for teachers."
@@ -42,6 +73,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="only report lessons that are out of date (exit 1 if any)",
     )
     rel.set_defaults(run=_release)
+    gra = sub.add_parser(
+        "grade",
+        help="grade students' notebooks, each run isolated",
+        description="Grade students' lesson notebooks. Each notebook runs in an isolated, "
+        "limited process; scores are computed by the grader from plain data. A submission's "
+        "student is the name of the folder holding it (submissions/<student>/01_mdps.ipynb).",
+    )
+    gra.add_argument("paths", nargs="+", metavar="PATH", help="notebooks or folders of them")
+    gra.add_argument("--out", default="grades.csv", help="CSV gradebook (default grades.csv)")
+    gra.add_argument(
+        "--feedback", default="feedback", help="folder for Markdown feedback (default feedback)"
+    )
+    gra.add_argument("--json", action="store_true", help="also print the results as JSON")
+    gra.add_argument("--workers", type=int, default=1, help="notebooks graded at once")
+    gra.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds per notebook (default 600)"
+    )
+    gra.add_argument(
+        "--cell-timeout", type=float, default=120.0, help="seconds per cell (default 120)"
+    )
+    gra.add_argument(
+        "--memory", type=int, default=4096, help="MiB of address space per process (default 4096)"
+    )
+    gra.add_argument("--seed", type=int, default=None, help="seed of the cases (default: reuse)")
+    gra.add_argument("--lesson", default=None, help="grade only this lesson, e.g. 01_mdps")
+    gra.add_argument("--fresh", action="store_true", help="ignore results of earlier runs")
+    gra.add_argument("--allow-network", action="store_true", help="do not cut the network off")
+    gra.add_argument("--quiet", action="store_true", help="no progress bar")
+    gra.set_defaults(run=_grade)
     return parser
 
 
