@@ -311,3 +311,75 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> Co
     low = 0.0 if successes == 0 else float(max(0.0, center - half))
     high = 1.0 if successes == trials else float(min(1.0, center + half))
     return ConfidenceInterval(p, low, high)
+
+
+# ---------------------------------------------------------------------------------------------
+# Learned Q-values against the exact Q* of a finite MDP (Lessons 02 and 03)
+# ---------------------------------------------------------------------------------------------
+
+
+def greedy_optimal_fraction(
+    q: torch.Tensor, q_star: torch.Tensor, mask: torch.Tensor, atol: float = 1e-6
+) -> torch.Tensor:
+    """Fraction of the states in ``mask`` whose greedy action under ``q`` is optimal.
+
+    An action is optimal when its ``Q*`` is within ``atol`` of the best (ties all count).
+
+    Args:
+        q: Learned values, ``[..., S, A]``.
+        q_star: Exact values, ``[S, A]``.
+        mask: Which states count, bool ``[S]``.
+        atol: Tolerance for ties in ``Q*``.
+
+    Returns:
+        ``[...]``, fractions in ``[0, 1]``.
+
+    Example:
+        >>> q_star = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> greedy_optimal_fraction(torch.tensor([[2.0, 0.0], [2.0, 0.0]]), q_star,
+        ...                         torch.tensor([True, True]))
+        tensor(0.5000)
+    """
+    q_star = q_star.to(q.dtype)
+    greedy = q.argmax(-1, keepdim=True)  # [..., S, 1]
+    chosen = torch.gather(q_star.expand_as(q), -1, greedy).squeeze(-1)
+    optimal = chosen >= q_star.max(-1).values - atol
+    return optimal[..., mask].to(q.dtype).mean(-1)
+
+
+class QComparison(NamedTuple):
+    """How close a learned Q is to Q*, over the non-terminal states (Lesson 03)."""
+
+    max_error: float
+    """largest ``|Q(s, a) - Q*(s, a)|``"""
+    mean_error: float
+    """mean ``|Q(s, a) - Q*(s, a)|``"""
+    greedy_optimal: float
+    """fraction of states whose greedy action under Q is optimal under Q* (ties allowed)"""
+
+
+def q_comparison(
+    q: torch.Tensor, q_star: torch.Tensor, terminal: torch.Tensor, atol: float = 1e-6
+) -> QComparison:
+    """Compare a learned Q with the exact Q* state by state (the numbers beside the figure).
+
+    Args:
+        q: Learned action values ``[S, A]``.
+        q_star: Exact optimal action values ``[S, A]`` (from `course.mdp.value_iteration`).
+        terminal: ``[S]`` bool; terminal states are left out (nothing is learned there).
+        atol: Actions within ``atol`` of the best under Q* all count as optimal.
+
+    Returns:
+        The largest and mean absolute errors and the fraction of greedy-optimal states.
+    """
+    q = torch.as_tensor(q).detach().cpu().double()
+    q_star = torch.as_tensor(q_star).detach().cpu().double()
+    keep = ~torch.as_tensor(terminal).cpu().bool()
+    if q.shape != q_star.shape:
+        raise ValueError(f"q has shape {tuple(q.shape)} but q_star {tuple(q_star.shape)}")
+    error = (q - q_star)[keep].abs()
+    return QComparison(
+        max_error=float(error.max()),
+        mean_error=float(error.mean()),
+        greedy_optimal=float(greedy_optimal_fraction(q, q_star, keep, atol)),
+    )

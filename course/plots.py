@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import matplotlib
 import numpy as np
@@ -216,46 +215,6 @@ def plot_dqn_curves(
     return fig
 
 
-class QComparison(NamedTuple):
-    """How close a learned Q is to Q*, over the non-terminal states (Lesson 03)."""
-
-    max_error: float
-    """largest ``|Q(s, a) - Q*(s, a)|``"""
-    mean_error: float
-    """mean ``|Q(s, a) - Q*(s, a)|``"""
-    greedy_optimal: float
-    """fraction of states whose greedy action under Q is optimal under Q* (ties allowed)"""
-
-
-def q_comparison(
-    q: torch.Tensor, q_star: torch.Tensor, terminal: torch.Tensor, atol: float = 1e-6
-) -> QComparison:
-    """Compare a learned Q with the exact Q* state by state (the numbers beside the figure).
-
-    Args:
-        q: Learned action values ``[S, A]``.
-        q_star: Exact optimal action values ``[S, A]`` (from `course.mdp.value_iteration`).
-        terminal: ``[S]`` bool; terminal states are left out (nothing is learned there).
-        atol: Actions within ``atol`` of the best under Q* all count as optimal.
-
-    Returns:
-        The largest and mean absolute errors and the fraction of greedy-optimal states.
-    """
-    q = torch.as_tensor(q).detach().cpu().double()
-    q_star = torch.as_tensor(q_star).detach().cpu().double()
-    keep = ~torch.as_tensor(terminal).cpu().bool()
-    if q.shape != q_star.shape:
-        raise ValueError(f"q has shape {tuple(q.shape)} but q_star {tuple(q_star.shape)}")
-    error = (q - q_star)[keep].abs()
-    optimal = q_star >= q_star.max(-1, keepdim=True).values - atol
-    greedy = optimal.gather(-1, q.argmax(-1, keepdim=True)).squeeze(-1)[keep]
-    return QComparison(
-        max_error=float(error.max()),
-        mean_error=float(error.mean()),
-        greedy_optimal=float(greedy.double().mean()),
-    )
-
-
 def plot_q_comparison(
     mdp: GridMDP,
     q: torch.Tensor,
@@ -303,6 +262,11 @@ def plot_q_comparison(
         title="error: max_a |Q - Q*|",
         annotate=False,
     )
+    # one colour scale for the two value maps, so that equal colours mean equal values
+    exact, learned, error = (ax.images[0] for ax in axes)
+    learned.set_clim(*exact.get_clim())
+    fig.colorbar(exact, ax=axes[:2], shrink=0.85)
+    fig.colorbar(error, ax=axes[2], shrink=0.85)
     return fig
 
 
@@ -356,4 +320,104 @@ def plot_transfer_curves(
         ax.set_xlabel("target-task steps")
     axes[0].set_ylabel("greedy return")
     axes[-1].legend(fontsize=7, loc="lower right")
+    return fig
+
+
+# =============================================================================================
+# Lesson 04: multi-task learning
+# =============================================================================================
+
+_MULTITASK_COLOURS = {
+    "heads": "#0969da",
+    "task_input": "#1a7f37",
+    "shared": "#cf222e",
+    "singles": "#57606a",
+    "pcgrad": "#8250df",
+    "l2": "#bf8700",
+    "mean": "#8250df",
+}
+
+
+def plot_lam_sweep(
+    lams: np.ndarray | Sequence[float],
+    bands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    ylabel: str,
+    selected: float | None = None,
+    figsize: tuple[float, float] = (5.5, 3.2),
+) -> Figure:
+    """A quantity against lam (log axis, lam = 0 drawn at the left edge), one line per
+    regulariser, with its confidence band.
+
+    Taught in Lesson 04 (the effect of lam). ``bands`` come from
+    `course.multitask.supervised_sweep_bands` or a final-score summary of a lam sweep.
+    """
+    lams = np.asarray(lams, dtype=np.float64)
+    positive = lams[lams > 0]
+    zero_at = positive.min() / 10 if positive.size else 1e-3
+    x = np.where(lams > 0, lams, zero_at)
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.subplots()
+    for name, (estimate, low, high) in bands.items():
+        colour = _MULTITASK_COLOURS.get(name)
+        ax.plot(x, estimate, marker="o", color=colour, label=name, linewidth=1.5)
+        ax.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
+    if selected is not None:
+        ax.axvline(selected if selected > 0 else zero_at, color="#57606a", linestyle="--")
+    ax.set_xscale("log")
+    ax.set_xticks(x, [f"{v:g}" for v in lams])
+    ax.set_xlabel("lam")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_multitask_curves(
+    steps: np.ndarray | torch.Tensor,
+    bands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    threshold: float | None = None,
+    xlabel: str = "environment steps per task",
+    ylabel: str = "score (mean over tasks)",
+    title: str | None = None,
+    figsize: tuple[float, float] = (5.5, 3.2),
+) -> Figure:
+    """Learning curves of several arms with their bootstrap bands (`course.multitask.score_band`).
+
+    Taught in Lesson 04.
+    """
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.subplots()
+    steps = np.asarray(steps)
+    for name, (estimate, low, high) in bands.items():
+        colour = _MULTITASK_COLOURS.get(name.split(" ")[0])
+        ax.plot(steps, estimate, color=colour, label=name, linewidth=1.5)
+        ax.fill_between(steps, low, high, color=colour, alpha=0.15, linewidth=0)
+    if threshold is not None:
+        ax.axhline(threshold, color="#57606a", linestyle="--", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def plot_conflict(
+    similarity: np.ndarray | torch.Tensor,
+    task_names: Sequence[str],
+    title: str = "gradient cosine similarity",
+    figsize: tuple[float, float] = (3.6, 3.0),
+) -> Figure:
+    """A ``[K, K]`` similarity matrix (`course.multitask.gradient_conflict`) as a heat map."""
+    similarity = np.asarray(similarity, dtype=np.float64)
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(similarity, cmap="RdBu", vmin=-1, vmax=1)
+    for i in range(similarity.shape[0]):
+        for j in range(similarity.shape[1]):
+            ax.text(j, i, f"{similarity[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    ticks = range(len(task_names))
+    ax.set_xticks(ticks, task_names, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(ticks, task_names, fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.8)
     return fig

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from course.envs import GridFamilyEnv
-from course.evaluation import ConfidenceInterval, bootstrap_ci
+from course.evaluation import ConfidenceInterval, bootstrap_ci, greedy_optimal_fraction
 from course.mdp import value_iteration
 from course.replay import Batch, ReplayBuffer
 
@@ -167,35 +167,6 @@ def q_error(q: torch.Tensor, q_star: torch.Tensor, mask: torch.Tensor) -> torch.
     """
     diff = (q - q_star)[..., mask, :]
     return diff.pow(2).mean((-2, -1)).sqrt()
-
-
-def greedy_optimal_fraction(
-    q: torch.Tensor, q_star: torch.Tensor, mask: torch.Tensor, atol: float = 1e-6
-) -> torch.Tensor:
-    """Fraction of the states in ``mask`` whose greedy action under ``q`` is optimal.
-
-    An action is optimal when its ``Q*`` is within ``atol`` of the best (ties all count).
-
-    Args:
-        q: Learned values, ``[..., S, A]``.
-        q_star: Exact values, ``[S, A]``.
-        mask: Which states count, bool ``[S]``.
-        atol: Tolerance for ties in ``Q*``.
-
-    Returns:
-        ``[...]``, fractions in ``[0, 1]``.
-
-    Example:
-        >>> q_star = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> greedy_optimal_fraction(torch.tensor([[2.0, 0.0], [2.0, 0.0]]), q_star,
-        ...                         torch.tensor([True, True]))
-        tensor(0.5000)
-    """
-    q_star = q_star.to(q.dtype)
-    greedy = q.argmax(-1, keepdim=True)  # [..., S, 1]
-    chosen = torch.gather(q_star.expand_as(q), -1, greedy).squeeze(-1)
-    optimal = chosen >= q_star.max(-1).values - atol
-    return optimal[..., mask].to(q.dtype).mean(-1)
 
 
 def distinct_states(obs: torch.Tensor) -> torch.Tensor:

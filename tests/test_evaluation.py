@@ -181,3 +181,16 @@ def test_wilson_interval_coverage():
         for k in rng.binomial(n, p, size=500)
     )
     assert 0.92 <= hits / 500 <= 0.98
+
+
+def test_q_comparison_by_hand():
+    from course.evaluation import q_comparison
+
+    q_star = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    q = torch.tensor([[1.5, 0.0], [0.0, -1.0], [9.0, 9.0]])  # state 2 is terminal: ignored
+    c = q_comparison(q, q_star, torch.tensor([False, False, True]))
+    assert c.max_error == pytest.approx(2.0)
+    assert c.mean_error == pytest.approx((0.5 + 0 + 0 + 2.0) / 4)
+    assert c.greedy_optimal == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="shape"):
+        q_comparison(q[:2], q_star, torch.tensor([False, False, True]))

@@ -1,6 +1,7 @@
 """The exercises of each lesson, one module per lesson; importing them registers them."""
 
 from course.grading.exercises import (  # noqa: F401
+    dqn,
     mdp,
     replay,
 )

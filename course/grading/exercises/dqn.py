@@ -1,0 +1,928 @@
+"""Checks for Lesson 03 (deep Q-learning): the pure functions of ``course/dqn.py``.
+
+- ``linear_schedule``, ``td_target``, ``double_td_target`` and ``real_transitions`` are compared
+  value by value with the reference.
+- ``epsilon_greedy`` is random, so it is judged by its statistics, never by its exact draws: on
+  many rows the share of greedy actions and the frequency of every other action must match what
+  the reference does (a two-sample test at five standard errors), ``epsilon = 0`` must give the
+  argmax exactly, and the same generator seed must give the same actions (a different seed,
+  different ones). Any order of random draws passes.
+- ``dqn_loss`` is called on leaf tensors that require gradients, targets included; the probe
+  records the loss, the gradient that reaches ``q_values`` and whether any gradient reached
+  ``targets`` (none may).
+- ``soft_update`` changes its first argument in place: the probe builds two small networks from
+  the case, calls the function, and records the target's parameters afterwards, whether the
+  online network stayed unchanged, whether the target still holds the *same* ``Parameter``
+  objects with their ``requires_grad`` flags, and whether they are still leaf tensors (no
+  autograd graph). Buffers are not judged: the test networks have none.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from course import dqn as ref
+from course.grading import plain
+from course.grading.core import Case, Exercise, _changed_argument, compare, register
+from course.grading.plain import show_tensor
+
+LESSON = "03_dqn"
+
+
+class _DQNExercise(Exercise):
+    lesson = LESSON
+    atol = 1e-5
+    rtol = 1e-4
+
+
+def _garbage_terminal(next_q: torch.Tensor, terminated: torch.Tensor) -> torch.Tensor:
+    """Large values on terminated rows: they must never reach a target."""
+    next_q = next_q.clone()
+    next_q[terminated] = 100.0
+    return next_q
+
+
+# --- linear_schedule ---------------------------------------------------------------------------
+
+NO_CLAMP = (
+    "after `duration` steps the value must stay at `end`: clamp the fraction, e.g. "
+    "`min(step / duration, 1.0)`"
+)
+EARLY_END = (
+    "the ramp must reach `end` exactly at step == duration (not one step earlier): divide by "
+    "`duration`, not `duration - 1`"
+)
+LATE_END = (
+    "the ramp must reach `end` exactly at step == duration (not one step later): divide by "
+    "`duration`, not `duration + 1`"
+)
+SWAPPED_ENDS = "start at `start` and move toward `end` (the two are swapped)"
+
+
+@register
+class LinearSchedule(_DQNExercise):
+    id, name = "dqn.linear_schedule", "linear_schedule"
+
+    def reference(self, start: float, end: float, duration: int, step: int) -> float:
+        return ref.linear_schedule(start, end, duration, step)
+
+    def mistakes(self) -> dict[str, Callable[..., Any]]:
+        def ramp(start: float, end: float, duration: float, step: int, clamp: bool = True) -> float:
+            if duration <= 0:
+                return float(end)
+            frac = step / duration
+            return float(start + (min(frac, 1.0) if clamp else frac) * (end - start))
+
+        return {
+            NO_CLAMP: lambda s, e, d, t: ramp(s, e, d, t, clamp=False),
+            EARLY_END: lambda s, e, d, t: ramp(s, e, d - 1, t),
+            LATE_END: lambda s, e, d, t: ramp(s, e, d + 1, t),
+            SWAPPED_ENDS: lambda s, e, d, t: ramp(e, s, d, t),
+        }
+
+    def cases(self, generator: torch.Generator) -> list[Case]:
+        fixed = [
+            ("step 0 gives start", (1.0, 0.05, 100, 0)),
+            ("halfway", (1.0, 0.0, 10, 5)),
+            ("step == duration gives end", (1.0, 0.05, 100, 100)),
+            ("one step before the end", (1.0, 0.0, 10, 9)),
+            ("long after the end: stay at end", (1.0, 0.05, 100, 250)),
+            ("an increasing schedule", (0.0, 2.0, 4, 1)),
+            ("an increasing schedule after its end", (0.0, 2.0, 4, 9)),
+            ("duration 0: end from the start", (1.0, 0.1, 0, 0)),
+            ("duration 0, later step", (1.0, 0.1, 0, 7)),
+            ("duration 1", (0.5, 0.25, 1, 1)),
+        ]
+        out = [Case(label, args, shown=_show_schedule(*args)) for label, args in fixed]
+        for k in range(16):
+            start, end = (torch.rand(2, generator=generator) * 4 - 2).tolist()
+            start, end = round(start, 3), round(end, 3)
+            duration = int(torch.randint(1, 2000, (1,), generator=generator))
+            step = int(torch.randint(0, 2 * duration + 2, (1,), generator=generator))
+            if k % 4 == 0:
+                step = duration + 1
+            args = (start, end, duration, step)
+            out.append(Case(f"random schedule #{k}", args, shown=_show_schedule(*args)))
+        return out
+
+
+def _show_schedule(start: float, end: float, duration: int, step: int) -> str:
+    return f"linear_schedule(start={start}, end={end}, duration={duration}, step={step})"
+
+
+# --- epsilon_greedy ----------------------------------------------------------------------------
+
+_Z = 5.0  # standard errors a statistic may stray before the check calls it different
+
+EXCLUDES_GREEDY = (
+    "a random action is drawn uniformly from ALL actions, the greedy one included (so the "
+    "greedy action is taken with probability 1 - epsilon + epsilon / A)"
+)
+ALL_GREEDY = (
+    "every row took the greedy action: each row must explore with probability epsilon, with its "
+    "own coin (one coin for the whole batch explores all rows or none)"
+)
+ALL_RANDOM = (
+    "every row took a random action: each row must explore with probability epsilon, with its "
+    "own coin (one coin for the whole batch explores all rows or none)"
+)
+INVERTED_COIN = (
+    "explore when the uniform draw is BELOW epsilon (`torch.rand(B) < epsilon`); the comparison "
+    "is inverted"
+)
+FLOAT_ACTIONS = (
+    "return integer actions (torch.int64, e.g. from torch.argmax or torch.randint), not floats"
+)
+NO_GENERATOR = (
+    "pass `generator=generator` to every random call (torch.rand, torch.randint): without it "
+    "the actions cannot be reproduced"
+)
+
+
+@register
+class EpsilonGreedy(_DQNExercise):
+    id, name = "dqn.epsilon_greedy", "epsilon_greedy"
+
+    def reference(
+        self, q_values: torch.Tensor, epsilon: float, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        return ref.epsilon_greedy(q_values, epsilon, generator)
+
+    def probe(self, obj: Any, case: Case) -> Any:
+        """Three calls: two with generators seeded alike, one with another seed.
+
+        Returns the statistics the judge needs (how often the greedy action was taken, and
+        how often each action was taken where it is not greedy), not the draws themselves.
+        """
+        q_values, epsilon = case.args
+        seed = case.data["seed"]
+        q_in = q_values.clone()
+        first = obj(q_in, epsilon, generator=torch.Generator().manual_seed(seed))
+        if not torch.equal(q_in, q_values):
+            return {"type": "mutated", "argument": "q_values"}
+        summary = _action_summary(first, q_values)
+        if summary.get("type") != "actions":
+            return summary
+        again = obj(q_values.clone(), epsilon, generator=torch.Generator().manual_seed(seed))
+        other = obj(q_values.clone(), epsilon, generator=torch.Generator().manual_seed(seed + 1))
+        summary["same_seed_same"] = _same_actions(first, again)
+        summary["other_seed_same"] = _same_actions(first, other)
+        return summary
+
+    def judge(self, case: Case, got: Any, want: Any) -> str | None:
+        if not (isinstance(got, dict) and got.get("type") == "actions"):
+            if isinstance(got, dict) and got.get("type") == "not actions":
+                return got["reason"]
+            return f"returned {plain.describe(got)}; expected a tensor of {want['n']} actions"
+        if got["dtype"] != want["dtype"]:
+            return (
+                f"returned actions of dtype {got['dtype']}; expected {want['dtype']} "
+                "(integer indices, as torch.argmax returns them)"
+            )
+        if got["shape"] != want["shape"]:
+            return f"returned shape {tuple(got['shape'])}; expected shape {tuple(want['shape'])}"
+        if got["out_of_range"]:
+            return f"returned actions outside 0..{len(want['per_action']) - 1}"
+        n = want["n"]
+        if want["greedy"] == n and got["greedy"] != n:
+            return (
+                f"with epsilon = 0 every action must be the argmax; {n - got['greedy']} of {n} "
+                "were not"
+            )
+        reason = _differs(got["greedy"], want["greedy"], n, n)
+        if reason:
+            return "the greedy action was chosen in " + reason
+        for a, (g, w, rows) in enumerate(
+            zip(got["per_action"], want["per_action"], want["rows_not_greedy"])
+        ):
+            reason = _differs(g, w, rows, rows)
+            if reason:
+                return f"among rows where action {a} is not greedy, action {a} was chosen in " + (
+                    reason
+                )
+        if got["same_seed_same"] != want["same_seed_same"]:
+            return (
+                "two calls with generators seeded alike returned different actions: draw every "
+                "random number from `generator` (e.g. `torch.rand(B, generator=generator)`)"
+            )
+        if got["other_seed_same"] != want["other_seed_same"]:
+            return (
+                "generators with different seeds gave the same actions: the randomness must "
+                "come from `generator`"
+            )
+        return None
+
+    def mistakes(self) -> dict[str, Callable[..., Any]]:
+        def eg(
+            q: torch.Tensor,
+            eps: float,
+            generator: torch.Generator | None = None,
+            *,
+            exclude_greedy: bool = False,
+            coin: str = "per row",
+            inverted: bool = False,
+            as_float: bool = False,
+            own_rng: bool = False,
+        ) -> torch.Tensor:
+            if own_rng:
+                generator = torch.Generator()
+                generator.seed()  # fresh entropy: what ignoring the argument amounts to
+            n, n_actions = q.shape
+            greedy = q.argmax(-1)
+            u = torch.rand(n, generator=generator)
+            explore = u < (1 - eps) if inverted else u < eps
+            if coin != "per row":  # one coin for the batch, whichever way it fell
+                explore = torch.full((n,), coin == "random" and eps > 0)
+            if exclude_greedy:
+                shift = torch.randint(1, max(n_actions, 2), (n,), generator=generator)
+                random = (greedy + shift) % n_actions
+            else:
+                random = torch.randint(n_actions, (n,), generator=generator)
+            actions = torch.where(explore, random, greedy)
+            return actions.float() if as_float else actions
+
+        def variant(**mistake: Any) -> Callable[..., torch.Tensor]:
+            return lambda q, e, generator=None: eg(q, e, generator, **mistake)
+
+        return {
+            EXCLUDES_GREEDY: variant(exclude_greedy=True),
+            INVERTED_COIN: variant(inverted=True),
+            ALL_GREEDY: variant(coin="greedy"),
+            ALL_RANDOM: variant(coin="random"),
+            FLOAT_ACTIONS: variant(as_float=True),
+            NO_GENERATOR: variant(own_rng=True),
+        }
+
+    def cases(self, generator: torch.Generator) -> list[Case]:
+        out = []
+        hand = torch.tensor([[0.0, 5.0, 1.0], [2.0, -1.0, 1.0], [0.0, 0.5, 9.0]])
+        out.append(
+            self._case("a small batch with epsilon = 0 (always the argmax)", hand, 0.0, generator)
+        )
+        out.append(
+            self._case(
+                "a bigger batch with epsilon = 0", _random_q(50, 5, generator), 0.0, generator
+            )
+        )
+        settings = [
+            (4000, 2, 0.3, torch.float32),
+            (4000, 4, 1.0, torch.float32),
+            (4000, 3, 0.6, torch.float64),
+            (4000, 5, 0.15, torch.float32),
+            (4000, 2, 1.0, torch.float32),
+            (3000, 6, 0.8, torch.float32),
+        ]
+        for n, n_actions, eps, dtype in settings:
+            q = _random_q(n, n_actions, generator).to(dtype)
+            label = (
+                f"{n} rows, A={n_actions}, epsilon={eps:g}, {str(dtype)[6:]} "
+                "(judged by its statistics)"
+            )
+            out.append(self._case(label, q, eps, generator))
+        return out
+
+    def _case(self, label: str, q: torch.Tensor, eps: float, generator: torch.Generator) -> Case:
+        seed = int(torch.randint(0, 2**31 - 2, (1,), generator=generator))
+        shown = f"q_values = {show_tensor(q)}, epsilon = {eps:g}, generator seeded {seed}"
+        return Case(label, (q, eps), shown=shown, data={"seed": seed})
+
+
+def _random_q(n: int, n_actions: int, generator: torch.Generator) -> torch.Tensor:
+    # continuous values: no ties, so the greedy action is unambiguous
+    return torch.randn(n, n_actions, generator=generator)
+
+
+def _as_actions(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return torch.Tensor.detach(value).cpu()
+    if isinstance(value, np.ndarray) and value.dtype != object:
+        return torch.from_numpy(value.copy())
+    return None
+
+
+def _action_summary(value: Any, q_values: torch.Tensor) -> dict:
+    actions = _as_actions(value)
+    n, n_actions = q_values.shape
+    if actions is None:
+        try:
+            what = plain.describe(plain.encode(value))
+        except plain.EncodeError:
+            what = f"a {type(value).__name__}"
+        return {
+            "type": "not actions",
+            "reason": f"returned {what}; expected a torch.int64 tensor of shape ({n},)",
+        }
+    dtype = str(actions.dtype).removeprefix("torch.")
+    summary: dict[str, Any] = {
+        "type": "actions",
+        "dtype": dtype,
+        "shape": list(actions.shape),
+        "n": n,
+        "out_of_range": False,
+        "greedy": 0,
+        "per_action": [0] * n_actions,
+        "rows_not_greedy": [0] * n_actions,
+    }
+    if tuple(actions.shape) != (n,) or actions.is_complex():
+        return summary
+    greedy = q_values.argmax(-1)
+    a = actions.double()
+    if not bool(((a >= 0) & (a < n_actions) & (a == a.round())).all()):
+        summary["out_of_range"] = True
+        return summary
+    a = a.long()
+    not_greedy = a != greedy
+    summary["greedy"] = int((~not_greedy).sum())
+    summary["per_action"] = torch.bincount(a[not_greedy], minlength=n_actions).tolist()
+    summary["rows_not_greedy"] = (n - torch.bincount(greedy, minlength=n_actions)).tolist()
+    return summary
+
+
+def _same_actions(a: Any, b: Any) -> bool:
+    x, y = _as_actions(a), _as_actions(b)
+    return x is not None and y is not None and x.shape == y.shape and bool(torch.equal(x, y))
+
+
+def _differs(got: int, want: int, n_got: int, n_want: int) -> str | None:
+    """A two-sample test of two counts; None when they are compatible."""
+    if n_got == 0:
+        return None
+    p_got, p_want = got / n_got, want / n_want
+    pooled = (got + want) / (n_got + n_want)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n_got + 1 / n_want))
+    if abs(p_got - p_want) <= _Z * se + 1e-12:
+        return None
+    return f"{p_got:.1%} of the rows; expected about {p_want:.1%}"
+
+
+# --- td_target and double_td_target -------------------------------------------------------------
+
+BOOTSTRAP_TERMINAL = (
+    "a terminated row has no future: drop the bootstrap term there (e.g. "
+    "`torch.where(terminated, 0.0, next_value)` or multiply by `1 - terminated.float()`)"
+)
+NO_GAMMA = "the future is discounted: multiply the bootstrap term by gamma"
+INVERTED_MASK = (
+    "the mask is inverted: rows that did NOT terminate bootstrap, terminated rows do not"
+)
+NO_BOOTSTRAP = (
+    "only a *terminated* row drops the bootstrap term; every other row, including a row "
+    "truncated by the time limit (terminated False), still adds gamma * max_a next_q"
+)
+MEAN_NOT_MAX = "Q-learning bootstraps from the BEST next action (max over actions), not the mean"
+SUM_NOT_MAX = "Q-learning bootstraps from the BEST next action (max over actions), not the sum"
+VANILLA = (
+    "this is the vanilla DQN target (the target network both picks and evaluates): in Double "
+    "DQN the ONLINE network picks the action (argmax of next_q_online) and the target network "
+    "evaluates it"
+)
+ONLINE_EVALUATES = (
+    "the online network must only PICK the action; its value comes from the target network "
+    "(`next_q_target.gather(-1, best.unsqueeze(-1))`)"
+)
+SWAPPED_ROLES = (
+    "the roles are swapped: the online network picks (argmax of next_q_online), the target "
+    "network evaluates"
+)
+WRONG_DIM = (
+    "take the max over actions, the LAST dimension (`next_q.max(dim=-1).values`), one value per row"
+)
+
+
+def _target(
+    rewards: torch.Tensor,
+    bootstrap: torch.Tensor,
+    terminated: torch.Tensor,
+    gamma: float,
+    mask: str = "terminated",
+) -> torch.Tensor:
+    keep = {
+        "terminated": ~terminated.bool(),
+        "none": torch.ones_like(terminated, dtype=torch.bool),
+        "inverted": terminated.bool(),
+        "all": torch.zeros_like(terminated, dtype=torch.bool),
+    }[mask]
+    return rewards + gamma * torch.where(keep, bootstrap, torch.zeros_like(bootstrap))
+
+
+def _td_cases(generator: torch.Generator, double: bool) -> list[Case]:
+    """Hand-made batches first (terminated and truncated rows side by side), then random ones."""
+    out = []
+    # a square batch (B == A), where a max over the wrong dimension still has shape [B], and
+    # where the two networks disagree on the best next action in every row that bootstraps
+    sq_t = torch.tensor([False, True, False])
+    sq_q = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, 0.0], [1.5, 0.0, -2.0]])
+    sq_o = torch.tensor([[1.0, 3.0, 2.0], [1.0, 0.0, 0.0], [0.5, -1.0, 2.5]])
+    out.append(
+        _td_case(
+            "a square batch (B = A = 3)",
+            torch.tensor([0.5, 1.0, -0.5]),
+            _garbage_terminal(sq_q, sq_t),
+            _garbage_terminal(sq_o, sq_t),
+            sq_t,
+            0.5,
+            double,
+            [2],
+        )
+    )
+    rewards = torch.tensor([1.0, 1.0, 0.0, -1.0])
+    next_q = torch.tensor([[2.0, 3.0], [2.0, 3.0], [0.5, -4.0], [1.0, 1.5]])
+    next_q_other = torch.tensor([[3.0, 2.0], [1.0, 0.0], [-1.0, 2.0], [4.0, -2.0]])
+    scripted = [
+        (
+            "nothing terminated; rows 1 and 3 were truncated by the time limit",
+            torch.tensor([False, False, False, False]),
+            [1, 3],
+        ),
+        (
+            "row 1 terminated, row 3 was truncated by the time limit",
+            torch.tensor([False, True, False, False]),
+            [3],
+        ),
+        ("every row terminated", torch.tensor([True, True, True, True]), []),
+    ]
+    for label, terminated, truncated in scripted:
+        nq = _garbage_terminal(next_q, terminated)
+        no = _garbage_terminal(next_q_other, terminated)
+        out.append(_td_case(label, rewards, nq, no, terminated, 0.9, double, truncated))
+    gammas = (0.0, 0.5, 0.9, 0.99, 1.0)
+    for k in range(12):
+        n = 2 + 3 * k
+        n_actions = 2 + k % 4
+        dtype = (torch.float32, torch.float64)[k % 2]
+        r = torch.randn(n, generator=generator, dtype=dtype)
+        nq = 3 * torch.randn(n, n_actions, generator=generator, dtype=dtype)
+        no = 3 * torch.randn(n, n_actions, generator=generator, dtype=dtype)
+        terminated = torch.rand(n, generator=generator) < 0.3
+        truncated_mask = (~terminated) & (torch.rand(n, generator=generator) < 0.2)
+        truncated = truncated_mask.nonzero().flatten().tolist()
+        gamma = gammas[k % len(gammas)]
+        label = f"random batch #{k} (B={n}, A={n_actions}, gamma={gamma:g}, {str(dtype)[6:]})"
+        out.append(
+            _td_case(
+                label,
+                r,
+                _garbage_terminal(nq, terminated),
+                _garbage_terminal(no, terminated),
+                terminated,
+                gamma,
+                double,
+                truncated,
+            )
+        )
+    return out
+
+
+def _td_case(
+    label: str,
+    rewards: torch.Tensor,
+    next_q: torch.Tensor,
+    next_q_other: torch.Tensor,
+    terminated: torch.Tensor,
+    gamma: float,
+    double: bool,
+    truncated: list[int],
+) -> Case:
+    if double:
+        args = (rewards, next_q_other, next_q, terminated, gamma)
+        names = ("rewards", "next_q_online", "next_q_target", "terminated")
+    else:
+        args = (rewards, next_q, terminated, gamma)
+        names = ("rewards", "next_q", "terminated")
+    lines = [f"{name} = {show_tensor(t)}" for name, t in zip(names, args)]
+    lines.append(f"gamma = {gamma:g}")
+    ended = terminated.nonzero().flatten().tolist()
+    lines.append(
+        f"terminated rows: {ended or 'none'}; truncated by the time limit (terminated False, "
+        f"so they bootstrap): {truncated or 'none'}"
+    )
+    if ended:
+        lines.append("terminated rows hold the garbage value 100 in the next values on purpose")
+    return Case(label, args, shown="\n".join(lines))
+
+
+@register
+class TDTarget(_DQNExercise):
+    id, name = "dqn.td_target", "td_target"
+
+    def reference(
+        self, rewards: torch.Tensor, next_q: torch.Tensor, terminated: torch.Tensor, gamma: float
+    ) -> torch.Tensor:
+        return ref.td_target(rewards, next_q, terminated, gamma)
+
+    def mistakes(self) -> dict[str, Callable[..., Any]]:
+        def best(q: torch.Tensor) -> torch.Tensor:
+            return q.max(-1).values
+
+        return {
+            BOOTSTRAP_TERMINAL: lambda r, q, t, g: _target(r, best(q), t, g, "none"),
+            NO_GAMMA: lambda r, q, t, g: _target(r, best(q), t, 1.0),
+            INVERTED_MASK: lambda r, q, t, g: _target(r, best(q), t, g, "inverted"),
+            NO_BOOTSTRAP: lambda r, q, t, g: _target(r, best(q), t, g, "all"),
+            MEAN_NOT_MAX: lambda r, q, t, g: _target(r, q.mean(-1), t, g),
+            SUM_NOT_MAX: lambda r, q, t, g: _target(r, q.sum(-1), t, g),
+            WRONG_DIM: lambda r, q, t, g: _target(r, q.max(0).values, t, g),
+        }
+
+    def cases(self, generator: torch.Generator) -> list[Case]:
+        return _td_cases(generator, double=False)
+
+
+@register
+class DoubleTDTarget(_DQNExercise):
+    id, name = "dqn.double_td_target", "double_td_target"
+
+    def reference(
+        self,
+        rewards: torch.Tensor,
+        next_q_online: torch.Tensor,
+        next_q_target: torch.Tensor,
+        terminated: torch.Tensor,
+        gamma: float,
+    ) -> torch.Tensor:
+        return ref.double_td_target(rewards, next_q_online, next_q_target, terminated, gamma)
+
+    def mistakes(self) -> dict[str, Callable[..., Any]]:
+        def pick(chooser: torch.Tensor, evaluator: torch.Tensor) -> torch.Tensor:
+            return evaluator.gather(-1, chooser.argmax(-1, keepdim=True)).squeeze(-1)
+
+        def double(
+            r: torch.Tensor,
+            on: torch.Tensor,
+            tg: torch.Tensor,
+            t: torch.Tensor,
+            g: float,
+            mask: str = "terminated",
+        ) -> torch.Tensor:
+            return _target(r, pick(on, tg), t, g, mask)
+
+        return {
+            VANILLA: lambda r, on, tg, t, g: _target(r, tg.max(-1).values, t, g),
+            ONLINE_EVALUATES: lambda r, on, tg, t, g: _target(r, on.max(-1).values, t, g),
+            SWAPPED_ROLES: lambda r, on, tg, t, g: _target(r, pick(tg, on), t, g),
+            BOOTSTRAP_TERMINAL: lambda r, on, tg, t, g: double(r, on, tg, t, g, "none"),
+            NO_GAMMA: lambda r, on, tg, t, g: double(r, on, tg, t, 1.0),
+            INVERTED_MASK: lambda r, on, tg, t, g: double(r, on, tg, t, g, "inverted"),
+            NO_BOOTSTRAP: lambda r, on, tg, t, g: double(r, on, tg, t, g, "all"),
+        }
+
+    def cases(self, generator: torch.Generator) -> list[Case]:
+        return _td_cases(generator, double=True)
+
+
+# --- dqn_loss ---------------------------------------------------------------------------------
+
+MSE = (
+    "use the Huber loss (`F.smooth_l1_loss`, delta 1), not the squared error: it keeps large TD "
+    "errors from producing huge gradients"
+)
+SUM_LOSS = (
+    "average over the batch (mean), not sum: the step size should not grow with the batch size"
+)
+NOT_DETACHED = (
+    "the targets must be constants: use `targets.detach()` so no gradient flows into them"
+)
+MAX_NOT_TAKEN = (
+    "use the value of the action TAKEN (`q_values.gather(-1, actions.unsqueeze(-1))`), not the "
+    "best action's value"
+)
+NOT_SQUEEZED = (
+    "`q_values.gather(1, actions.unsqueeze(1))` has shape [B, 1]; squeeze it to [B] before "
+    "comparing with targets [B], or broadcasting compares every pair of rows"
+)
+EVERY_PAIR = (
+    "`q_values[:, actions]` picks every row's value of every row's action, a [B, B] matrix; "
+    "pick one value per row: `q_values[torch.arange(B), actions]` or "
+    "`q_values.gather(-1, actions.unsqueeze(-1)).squeeze(-1)`"
+)
+
+
+@register
+class DQNLoss(_DQNExercise):
+    id, name = "dqn.dqn_loss", "dqn_loss"
+
+    def reference(
+        self, q_values: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        return ref.dqn_loss(q_values, actions, targets)
+
+    def probe(self, obj: Any, case: Case) -> Any:
+        """Call with leaf tensors that require grad, then backpropagate from the loss.
+
+        Returns the loss, the gradient that reached ``q_values`` and whether any (non-zero)
+        gradient reached ``targets``.
+        """
+        q_values, actions, targets = (t.clone() for t in case.args)
+        q_values.requires_grad_(True)
+        targets.requires_grad_(True)
+        loss = obj(q_values, actions, targets)
+        changed = _changed_argument(case, (q_values.detach(), actions, targets.detach()), {})
+        if changed is not None:
+            return {
+                "type": "mutated",
+                "argument": ("q_values", "actions", "targets")[int(changed.split()[-1]) - 1],
+            }
+        out: dict[str, Any] = {"type": "loss", "loss": plain.encode(loss)}
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            return out
+        if not loss.requires_grad:
+            out["backward"] = "the loss does not depend on q_values through autograd"
+            return out
+        loss.reshape(()).backward()
+        out["q_grad"] = plain.encode(
+            q_values.grad if q_values.grad is not None else torch.zeros_like(q_values)
+        )
+        out["targets_grad"] = targets.grad is not None and bool((targets.grad != 0).any())
+        return out
+
+    def judge(self, case: Case, got: Any, want: Any) -> str | None:
+        if not (isinstance(got, dict) and got.get("type") == "loss"):
+            return f"returned {plain.describe(got)}; expected a scalar loss tensor"
+        loss = got["loss"]
+        if not (plain.is_array(loss) and loss.get("type") == "tensor"):
+            return f"returned {plain.describe(loss)}; expected a scalar torch tensor (the loss)"
+        if loss["shape"] != []:
+            return (
+                f"returned a tensor of shape {tuple(loss['shape'])}; expected a scalar (shape "
+                "()): average the per-row losses"
+            )
+        reason = compare(loss, want["loss"], self.atol, self.rtol)
+        if reason is not None:
+            return "the loss value: " + reason
+        if "backward" in got and "backward" not in want:
+            return (
+                f"{got['backward']}: compute it with torch operations on q_values (no .item(), "
+                "numpy or torch.no_grad()) so that it can be minimised"
+            )
+        if "backward" in got:
+            return None
+        reason = compare(got["q_grad"], want["q_grad"], self.atol, self.rtol)
+        if reason is not None:
+            return "the gradient of the loss with respect to q_values: " + reason
+        if got["targets_grad"] != want["targets_grad"]:
+            return (
+                "gradient flowed into `targets`: the targets must be constants (`targets.detach()`)"
+            )
+        return None
+
+    def mistakes(self) -> dict[str, Callable[..., Any]]:
+        def taken(q: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+            return q.gather(-1, a.unsqueeze(-1)).squeeze(-1)
+
+        def huber(x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+            x, y = torch.broadcast_tensors(x, y)  # the same numbers, without the size warning
+            return F.smooth_l1_loss(x, y, reduction=reduction)
+
+        return {
+            MSE: lambda q, a, y: F.mse_loss(taken(q, a), y.detach()),
+            SUM_LOSS: lambda q, a, y: huber(taken(q, a), y.detach(), "sum"),
+            NOT_DETACHED: lambda q, a, y: huber(taken(q, a), y),
+            MAX_NOT_TAKEN: lambda q, a, y: huber(q.max(-1).values, y.detach()),
+            NOT_SQUEEZED: lambda q, a, y: huber(q.gather(1, a.unsqueeze(1)), y.detach()),
+            EVERY_PAIR: lambda q, a, y: huber(q[:, a], y.detach()),
+        }
+
+    def cases(self, generator: torch.Generator) -> list[Case]:
+        out = []
+        q = torch.tensor([[1.0, 2.0], [0.5, -1.0], [3.0, 0.0]])
+        a = torch.tensor([0, 1, 0])
+        y = torch.tensor([1.5, 1.5, 0.0])
+        out.append(self._case("a hand-made batch: errors 0.5, 2.5 and 3", q, a, y))
+        q = torch.tensor([[0.0, 4.0, 1.0]])
+        out.append(
+            self._case(
+                "one row, the taken action is not the best one",
+                q,
+                torch.tensor([2]),
+                torch.tensor([1.2]),
+            )
+        )
+        for k in range(10):
+            n, n_actions = 2 + 3 * k, 2 + k % 4
+            dtype = (torch.float32, torch.float64)[k % 2]
+            q = 2 * torch.randn(n, n_actions, generator=generator, dtype=dtype)
+            a = torch.randint(n_actions, (n,), generator=generator)
+            # spread so that some errors are below 1 (quadratic) and some above (linear)
+            y = 3 * torch.randn(n, generator=generator, dtype=dtype)
+            out.append(
+                self._case(f"random batch #{k} (B={n}, A={n_actions}, {str(dtype)[6:]})", q, a, y)
+            )
+        return out
+
+    def _case(self, label: str, q: torch.Tensor, a: torch.Tensor, y: torch.Tensor) -> Case:
+        shown = (
+            f"q_values = {show_tensor(q)}\nactions = {show_tensor(a)}\n"
+            f"targets = {show_tensor(y)} (a tensor that requires grad)"
+        )
+        return Case(label, (q, a, y), shown=shown)
+
+
+# --- soft_update ------------------------------------------------------------------------------
+
+
+def _network(sizes: tuple[int, ...], seed: int, requires_grad: bool) -> nn.Module:
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    net = nn.Sequential(*layers)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator))
+    return net.requires_grad_(requires_grad)
+
+
+@register
+class SoftUpdate(_DQNExercise):
+    id, name = "dqn.soft_update", "soft_update"
+    mutates_args = True
+
+    def reference(self, target: nn.Module, online: nn.Module, tau: float) -> None:
+        ref.soft_update(target, online, tau)
+
+    def probe(self, obj: Any, case: Case) -> Any:
+        """Build the two networks, call ``obj(target, online, tau)``, inspect both after."""
+        sizes, tau = case.data["sizes"], case.data["tau"]
+        target = _network(sizes, case.data["target_seed"], case.data["target_requires_grad"])
+        online = _network(sizes, case.data["online_seed"], True)
+        online_before = copy.deepcopy(online.state_dict())
+        params_before = list(target.parameters())
+        flags_before = [p.requires_grad for p in params_before]
+        obj(target, online, tau)
+        params_after = list(target.parameters())
+        return {
+            "type": "soft_update",
+            "target": [plain.encode(p) for p in params_after],
+            "online_unchanged": all(
+                torch.equal(v, online.state_dict()[k]) for k, v in online_before.items()
+            ),
+            "same_objects": len(params_after) == len(params_before)
+            and all(a is b for a, b in zip(params_after, params_before)),
+            "flags_unchanged": [p.requires_grad for p in params_after] == flags_before,
+            "leaf": all(p.is_leaf and p.grad_fn is None for p in params_after),
+        }
+
+    def judge(self, case: Case, got: Any, want: Any) -> str | None:
+        if not (isinstance(got, dict) and got.get("type") == "soft_update"):
+            return f"could not inspect the networks ({plain.describe(got)})"
+        # flags are compared with the expected ones (not with True) so that a hint's wrong
+        # implementation can be recognised by the same judge
+        if got["online_unchanged"] != want["online_unchanged"]:
+            return (
+                "the online network changed: soft_update(target, online, tau) writes into its "
+                "FIRST argument and only reads the second"
+            )
+        if got["same_objects"] != want["same_objects"]:
+            return (
+                "the target's parameters were replaced by new objects; update the existing ones "
+                "in place (e.g. `t.mul_(1 - tau).add_(o, alpha=tau)` under `torch.no_grad()`), "
+                "so that anything holding them (an optimizer) still sees them"
+            )
+        if got["leaf"] != want["leaf"]:
+            return (
+                "the target's parameters now carry an autograd graph: update them under "
+                "`torch.no_grad()` (or through `.data`)"
+            )
+        if got["flags_unchanged"] != want["flags_unchanged"]:
+            return "the target's parameters changed their requires_grad flag; leave it as it was"
+        tensors = got["target"]
+        if len(tensors) != len(want["target"]):
+            return f"the target has {len(tensors)} parameters; expected {len(want['target'])}"
+        names = [name for name, _ in _network(case.data["sizes"], 0, False).named_parameters()]
+        for name, g, w in zip(names, tensors, want["target"]):
+            reason = compare(g, w, self.atol, self.rtol)
+            if reason is not None:
+                return f"target parameter `{name}` after the update: " + reason
+        return None
+
+    def mistakes(self) -> dict[str, Callable[..., Any]]:
+        def pairs(target: nn.Module, online: nn.Module) -> Any:
+            return zip(target.parameters(), online.parameters())
+
+        @torch.no_grad()
+        def swapped(target: nn.Module, online: nn.Module, tau: float) -> None:
+            for t, o in pairs(target, online):
+                t.copy_((1 - tau) * o + tau * t)
+
+        @torch.no_grad()
+        def no_op(target: nn.Module, online: nn.Module, tau: float) -> None:
+            for t, o in pairs(target, online):
+                t = tau * o + (1 - tau) * t  # the mistake: this only rebinds the name
+
+        @torch.no_grad()
+        def hard(target: nn.Module, online: nn.Module, tau: float) -> None:
+            for t, o in pairs(target, online):
+                t.copy_(o)
+
+        @torch.no_grad()
+        def into_online(target: nn.Module, online: nn.Module, tau: float) -> None:
+            ref.soft_update(online, target, 1 - tau)
+
+        @torch.no_grad()
+        def replace(target: nn.Module, online: nn.Module, tau: float) -> None:
+            for module, other in zip(target.modules(), online.modules()):
+                for name, p in list(module.named_parameters(recurse=False)):
+                    new = tau * getattr(other, name) + (1 - tau) * p
+                    setattr(module, name, nn.Parameter(new, requires_grad=p.requires_grad))
+
+        return {
+            "tau weighs the ONLINE network: target <- tau * online + (1 - tau) * target "
+            "(the weights are swapped)": swapped,
+            "the target did not change: assigning to the loop variable (`t = ...`) only "
+            "rebinds a name; write into the tensor in place (`t.copy_(...)`, `t.mul_(...)`)": no_op,
+            "this copies the online network whatever tau is; blend the two with weight tau": hard,
+            "soft_update(target, online, tau) writes into its FIRST argument and only reads "
+            "the second": into_online,
+            "the target's parameters were replaced by new objects; update the existing ones in "
+            "place so that an optimizer holding them still sees them": replace,
+        }
+
+    def cases(self, generator: torch.Generator) -> list[Case]:
+        settings = [
+            ("tau = 0.25", (2, 3), 0.25, True),
+            ("tau = 1 is a hard copy", (2, 3), 1.0, True),
+            ("tau = 0 leaves the target unchanged", (2, 3), 0.0, True),
+            ("tau = 0.5, a target without gradients", (3, 4, 2), 0.5, False),
+            ("tau = 0.005 (a typical soft update)", (4, 8, 2), 0.005, True),
+            ("tau = 0.9", (3, 5, 5, 2), 0.9, False),
+        ]
+        for k in range(6):
+            depth = 1 + k % 3
+            sizes = tuple(int(x) for x in torch.randint(1, 7, (depth + 1,), generator=generator))
+            tau = round(float(torch.rand(1, generator=generator)), 3)
+            settings.append((f"random network #{k}", sizes, tau, k % 2 == 0))
+        out = []
+        for label, sizes, tau, requires_grad in settings:
+            seeds = torch.randint(0, 2**31 - 1, (2,), generator=generator).tolist()
+            grad = "requires_grad=True" if requires_grad else "requires_grad=False"
+            shown = (
+                f"two MLPs with layer sizes {list(sizes)} (target parameters {grad}), tau = {tau:g}"
+            )
+            out.append(
+                Case(
+                    label,
+                    shown=shown,
+                    data={
+                        "sizes": sizes,
+                        "tau": tau,
+                        "target_seed": seeds[0],
+                        "online_seed": seeds[1],
+                        "target_requires_grad": requires_grad,
+                    },
+                )
+            )
+        return out
+
+
+# --- real_transitions ---------------------------------------------------------------------------
+
+
+@register
+class RealTransitions(_DQNExercise):
+    id, name = "dqn.real_transitions", "real_transitions"
+    atol = rtol = 0.0
+
+    def reference(self, prev_done: torch.Tensor) -> torch.Tensor:
+        return ref.real_transitions(prev_done)
+
+    def mistakes(self) -> dict[str, Callable[..., Any]]:
+        return {
+            "the mask is inverted: a row is a real transition unless its sub-env ended on the "
+            "PREVIOUS step (that step's row is the autoreset)": lambda d: d.clone(),
+            "not every row is a transition: the step right after an episode ended only "
+            "resets that sub-env (reward 0, the action ignored); drop those rows": lambda d: (
+                torch.ones_like(d)
+            ),
+        }
+
+    def cases(self, generator: torch.Generator) -> list[Case]:
+        fixed = [
+            ("right after reset (nothing ended yet)", [False, False, False]),
+            ("sub-env 1 ended on the previous step", [False, True, False]),
+            ("every sub-env ended on the previous step", [True, True]),
+            ("a single sub-env that just ended", [True]),
+        ]
+        out = [self._case(label, torch.tensor(done)) for label, done in fixed]
+        for k in range(8):
+            n = 2 + 3 * k
+            done = torch.rand(n, generator=generator) < 0.3
+            out.append(self._case(f"random step #{k} ({n} sub-envs)", done))
+        return out
+
+    def _case(self, label: str, prev_done: torch.Tensor) -> Case:
+        ended = prev_done.nonzero().flatten().tolist()
+        shown = (
+            f"prev_done = {show_tensor(prev_done)} (sub-envs that ended on the previous "
+            f"step: {ended or 'none'})"
+        )
+        return Case(label, (prev_done,), shown=shown)
