@@ -59,6 +59,12 @@ def _grade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from course import doctor  # imports torch: only when asked
+
+    return doctor.run(args.path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="course", description="Transfer and multi-task RL course: tools for teachers."
@@ -102,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     gra.add_argument("--allow-network", action="store_true", help="do not cut the network off")
     gra.add_argument("--quiet", action="store_true", help="no progress bar")
     gra.set_defaults(run=_grade)
+    doc = sub.add_parser(
+        "doctor",
+        help="check Python, torch, widgets and lessons; say what to fix",
+        description="Check what the lessons need (Python, torch build and device, gymnasium, "
+        "widgets, lessons up to date) and say how to fix what is off. Exit 1 if anything is.",
+    )
+    doc.add_argument("--path", default=".", help="the course folder (default: here)")
+    doc.set_defaults(run=_doctor)
     return parser
 
 
