@@ -546,3 +546,12 @@ def test_os_environment_is_scrubbed(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     env = g._environment(tmp_path)
     assert "SECRET_TOKEN" not in env and env["HOME"] == str(tmp_path)
     assert os.environ["SECRET_TOKEN"] == "hunter2"
+
+
+def test_cells_tagged_grade_skip_are_not_run() -> None:
+    from course.grading import sandbox
+
+    nb = new_notebook(cells=[new_code_cell("a = 1"), new_code_cell("train_for_an_hour()")])
+    nb.cells[1].metadata["tags"] = [sandbox.GRADE_SKIP]
+    cells = sandbox.code_cells(json.loads(nbformat.writes(nb)))
+    assert cells == [(0, "a = 1"), (1, "")]

@@ -4,4 +4,5 @@ from course.grading.exercises import (  # noqa: F401
     dqn,
     mdp,
     replay,
+    transfer,
 )
