@@ -372,7 +372,7 @@ def plot_lam_sweep(
 
 
 def plot_multitask_curves(
-    steps: np.ndarray | torch.Tensor,
+    steps: np.ndarray | torch.Tensor | dict[str, np.ndarray | torch.Tensor],
     bands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
     threshold: float | None = None,
     xlabel: str = "environment steps per task",
@@ -382,15 +382,15 @@ def plot_multitask_curves(
 ) -> Figure:
     """Learning curves of several arms with their bootstrap bands (`course.multitask.score_band`).
 
-    Taught in Lesson 04.
+    Taught in Lesson 04. ``steps`` is one ``[T]`` array for every arm, or one per arm (by name).
     """
     fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.subplots()
-    steps = np.asarray(steps)
     for name, (estimate, low, high) in bands.items():
+        x = np.asarray(steps[name] if isinstance(steps, dict) else steps)
         colour = _MULTITASK_COLOURS.get(name.split(" ")[0])
-        ax.plot(steps, estimate, color=colour, label=name, linewidth=1.5)
-        ax.fill_between(steps, low, high, color=colour, alpha=0.15, linewidth=0)
+        ax.plot(x, estimate, color=colour, label=name, linewidth=1.5)
+        ax.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
     if threshold is not None:
         ax.axhline(threshold, color="#57606a", linestyle="--", linewidth=1)
     ax.set_xlabel(xlabel)

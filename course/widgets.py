@@ -8,7 +8,8 @@ import ipywidgets as widgets
 from IPython.display import display
 
 from course.mdp import greedy_policy, gridworld, value_iteration
-from course.plots import plot_values
+from course.multitask import lam_final_bands, lam_sweep_bands
+from course.plots import plot_lam_sweep, plot_multitask_curves, plot_values
 
 # =============================================================================================
 # Lesson 01: MDPs
@@ -104,3 +105,51 @@ def gridworld_explorer(
         The explorer widget; display it (last line of a cell) to use it.
     """
     return GridworldExplorer(layout, gamma, slip, step_reward, goal_reward, pit_reward)
+
+
+# =============================================================================================
+# Lesson 04: multi-task learning
+# =============================================================================================
+
+
+class LamExplorer(widgets.VBox):
+    """A slider over the lams of precomputed sweeps: learning curves at that lam, and the final
+    score against lam with the chosen one marked.
+
+    Taught in Lesson 04. ``results`` maps a regulariser name (``"l2"``, ``"mean"``) to a lam
+    sweep of `course.multitask.train_multitask_dqn` (agents trained with several ``lams``); the
+    bands come from `course.multitask.lam_sweep_bands` and `course.multitask.lam_final_bands`,
+    the figures from `course.plots`. The latest figures are kept in ``curves_figure`` and
+    ``sweep_figure``.
+    """
+
+    def __init__(self, results: dict, last: int = 1) -> None:
+        first = next(iter(results.values()))
+        self.steps = first.steps.numpy()
+        self.curves = {name: lam_sweep_bands(r) for name, r in results.items()}
+        finals = {name: lam_final_bands(r, last) for name, r in results.items()}
+        self.lams = finals[next(iter(finals))][0]
+        self.finals = {name: bands for name, (_, bands) in finals.items()}
+        self.slider = widgets.SelectionSlider(
+            options=[(f"{lam:g}", float(lam)) for lam in self.lams],
+            value=float(self.lams[0]),
+            description="lam",
+            continuous_update=False,
+        )
+        self.output = widgets.Output()
+        self.slider.observe(lambda change: self.redraw(), names="value")
+        super().__init__([self.slider, self.output])
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Draw both figures for the slider's lam."""
+        lam = self.slider.value
+        bands = {name: curves[lam] for name, curves in self.curves.items()}
+        self.curves_figure = plot_multitask_curves(self.steps, bands, title=f"lam = {lam:g}")
+        self.sweep_figure = plot_lam_sweep(
+            self.lams, self.finals, "final score (mean over tasks)", selected=lam
+        )
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(self.curves_figure)
+            display(self.sweep_figure)

@@ -3,6 +3,7 @@
 from course.grading.exercises import (  # noqa: F401
     dqn,
     mdp,
+    multitask,
     replay,
     transfer,
 )

@@ -1,0 +1,472 @@
+"""Tests for the Lesson 04 checks (course/grading/exercises/multitask.py).
+
+Every exercise must accept differently written correct answers, reject the classic mistakes
+written as a student would write them (with the matching hint), report a stub as "not
+attempted", and fail cleanly on broken code.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from course import multitask as ref
+from course.grading import CheckResult, check, exercise_ids
+from course.grading.core import FAIL, NOT_ATTEMPTED, PASS, get_exercise
+from course.grading.exercises import multitask as checks
+
+FUNCTIONS = [
+    "multitask.multitask_loss",
+    "multitask.mean_regularizer",
+    "multitask.task_param_groups",
+    "multitask.gradient_conflict",
+    "multitask.pcgrad",
+]
+IDS = ["multitask.MultiHeadQNetwork", *FUNCTIONS]
+
+
+def assert_passes(exercise_id: str, obj: object) -> None:
+    result = check(exercise_id, obj)
+    assert result.status == PASS, result.message
+    assert result.score == result.max_score
+
+
+def assert_fails(exercise_id: str, obj: object, hint: str | None = None) -> CheckResult:
+    result = check(exercise_id, obj)
+    assert result.status == FAIL, f"a wrong answer passed {exercise_id}"
+    assert result.score < result.max_score
+    assert "Traceback" not in result.message
+    if hint is not None:
+        assert f"hint: {hint}" in result.message, result.message
+    return result
+
+
+# --- correct answers, written in other ways ---------------------------------------------------
+
+
+class MultiHeadQNetwork(nn.Module):
+    """A loop-and-mask version."""
+
+    def __init__(self, obs_dim, n_actions, n_tasks, hidden=(64,)):
+        super().__init__()
+        layers, width = [], obs_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.trunk = nn.Sequential(*layers)
+        self.heads = nn.ModuleList([nn.Linear(width, n_actions) for _ in range(n_tasks)])
+        self.n_actions = n_actions
+
+    def forward(self, obs, tasks):
+        features = self.trunk(obs)
+        out = torch.zeros(len(obs), self.n_actions)
+        for k, head in enumerate(self.heads):
+            rows = tasks == k
+            if rows.any():
+                out[rows] = head(features[rows])
+        return out
+
+    def task_parameters(self, k):
+        return self.heads[k].parameters()  # a generator is fine
+
+
+class MultiHeadIndexed(MultiHeadQNetwork):
+    """Stacks every head and indexes."""
+
+    def forward(self, obs, tasks):
+        features = self.trunk(obs)
+        every = torch.stack([head(features) for head in self.heads])  # [K, B, A]
+        return every[tasks, torch.arange(len(tasks))]
+
+
+def loss_loops(task_losses, task_params, lam):
+    total = 0.0
+    for loss in task_losses:
+        total = total + loss
+    for params in task_params:
+        for p in params:
+            total = total + lam * (p**2).sum()
+    return total
+
+
+def loss_float64(task_losses, task_params, lam):
+    penalty = sum(torch.sum(p.double() * p.double()) for ps in task_params for p in ps)
+    return torch.sum(task_losses.double()) + lam * penalty
+
+
+def mean_reg_loops(task_params):
+    K = len(task_params)
+    total = 0.0
+    for i in range(len(task_params[0])):
+        mean = sum(task_params[k][i] for k in range(K)) / K
+        for k in range(K):
+            total = total + ((task_params[k][i] - mean) ** 2).sum()
+    return torch.as_tensor(total)
+
+
+def groups_by_names(model, shared_lr, task_lrs):
+    groups = [{"params": list(model.task_parameters(k)), "lr": lr} for k, lr in enumerate(task_lrs)]
+    taken = {id(p) for g in groups for p in g["params"]}
+    return groups + [
+        {"params": [p for p in model.parameters() if id(p) not in taken], "lr": shared_lr}
+    ]
+
+
+def conflict_numpy(grads):
+    G = np.stack([np.asarray(g, dtype=np.float64).ravel() for g in grads])
+    norms = np.linalg.norm(G, axis=1)
+    out = np.zeros((len(G), len(G)))
+    for i in range(len(G)):
+        for j in range(len(G)):
+            if norms[i] > 0 and norms[j] > 0:
+                out[i, j] = G[i] @ G[j] / (norms[i] * norms[j])
+    return out
+
+
+def conflict_functional(grads):
+    G = torch.stack([g.flatten() for g in grads])
+    return torch.nn.functional.cosine_similarity(G[:, None], G[None], dim=-1)
+
+
+def pcgrad_python_random(grads, generator=None):
+    rng = random.Random(7)  # another source and order of randomness: any order is correct
+    originals = [g.clone() for g in grads]
+    out = []
+    for i, g in enumerate(originals):
+        g = g.clone()
+        others = [j for j in range(len(grads)) if j != i]
+        rng.shuffle(others)
+        for j in others:
+            dot = torch.dot(g, originals[j])
+            if dot < 0:
+                g -= dot / originals[j].norm() ** 2 * originals[j]
+        out.append(g)
+    return torch.stack(out).sum(0)
+
+
+def pcgrad_one_shared_order(grads, generator=None):
+    order = torch.randperm(len(grads), generator=generator).tolist()
+    total = torch.zeros_like(grads[0], dtype=torch.float64)
+    for i in range(len(grads)):
+        g = grads[i].double().clone()
+        for j in order:
+            if j != i and g @ grads[j].double() < 0:
+                g = (
+                    g
+                    - (g @ grads[j].double())
+                    / (grads[j].double() @ grads[j].double())
+                    * grads[j].double()
+                )
+        total += g
+    return total.numpy()
+
+
+CORRECT = [
+    ("multitask.MultiHeadQNetwork", MultiHeadQNetwork),
+    ("multitask.MultiHeadQNetwork", MultiHeadIndexed),
+    ("multitask.multitask_loss", loss_loops),
+    ("multitask.multitask_loss", loss_float64),
+    ("multitask.mean_regularizer", mean_reg_loops),
+    ("multitask.task_param_groups", groups_by_names),
+    ("multitask.gradient_conflict", conflict_numpy),
+    ("multitask.pcgrad", pcgrad_python_random),
+    ("multitask.pcgrad", pcgrad_one_shared_order),
+]
+
+
+# --- mistakes, as a student would write them ----------------------------------------------------
+
+
+class FirstTaskNet(MultiHeadQNetwork):
+    def forward(self, obs, tasks):
+        return self.heads[tasks[0]](self.trunk(obs))
+
+
+class RowIndexedNet(MultiHeadQNetwork):
+    def forward(self, obs, tasks):
+        every = torch.stack([head(self.trunk(obs)) for head in self.heads])
+        return every[torch.arange(len(tasks)), tasks]
+
+
+class TrunkInTaskParams(MultiHeadIndexed):
+    def task_parameters(self, k):
+        return list(self.trunk.parameters()) + list(self.heads[k].parameters())
+
+
+class ModuleAsTaskParams(MultiHeadIndexed):
+    def task_parameters(self, k):
+        return self.heads[k]
+
+
+def loss_norm(task_losses, task_params, lam):
+    return task_losses.sum() + lam * sum(p.norm() for ps in task_params for p in ps)
+
+
+def loss_lam_per_group(task_losses, task_params, lam):
+    K = len(task_params)
+    return task_losses.sum() + sum(lam * K * sum((p**2).sum() for p in ps) for ps in task_params)
+
+
+def loss_item(task_losses, task_params, lam):
+    return task_losses.sum().detach() + lam * sum(
+        float((p.detach() ** 2).sum()) for ps in task_params for p in ps
+    )
+
+
+def mean_reg_decay(task_params):
+    return sum((p**2).sum() for ps in task_params for p in ps)
+
+
+def mean_reg_pairs(task_params):
+    K, total = len(task_params), torch.zeros(())
+    for i, j in itertools.combinations(range(K), 2):
+        for a, b in zip(task_params[i], task_params[j]):
+            total = total + ((a - b) ** 2).sum()
+    return total
+
+
+def groups_duplicate(model, shared_lr, task_lrs):
+    return [{"params": list(model.parameters()), "lr": shared_lr}] + [
+        {"params": list(model.task_parameters(k)), "lr": lr} for k, lr in enumerate(task_lrs)
+    ]
+
+
+def groups_trunk_only(model, shared_lr, task_lrs):
+    return [{"params": model.trunk.parameters(), "lr": shared_lr}] + [
+        {"params": model.heads[k].parameters(), "lr": lr} for k, lr in enumerate(task_lrs)
+    ]
+
+
+def groups_wrong_lrs(model, shared_lr, task_lrs):
+    return [{"params": model.trunk.parameters(), "lr": shared_lr}] + [
+        {"params": model.heads[k].parameters(), "lr": shared_lr} for k in range(len(task_lrs))
+    ]
+
+
+def conflict_dots(grads):
+    G = torch.stack(grads)
+    return G @ G.T
+
+
+def conflict_nan(grads):
+    G = torch.stack(grads)
+    G = G / G.norm(dim=1, keepdim=True)
+    return G @ G.T
+
+
+def pcgrad_always(grads, generator=None):
+    out = []
+    for i, g in enumerate(grads):
+        g = g.clone()
+        for j, h in enumerate(grads):
+            if j != i:
+                g = g - (g @ h) / (h @ h) * h
+        out.append(g)
+    return sum(out)
+
+
+def pcgrad_in_place(grads, generator=None):
+    gs = [g.clone() for g in grads]
+    for i in range(len(gs)):
+        for j in torch.randperm(len(gs), generator=generator).tolist():
+            if j != i and gs[i] @ gs[j] < 0:
+                gs[i] = gs[i] - (gs[i] @ gs[j]) / (gs[j] @ gs[j]) * gs[j]
+    return sum(gs)
+
+
+def pcgrad_modifies_inputs(grads, generator=None):
+    for i in range(len(grads)):
+        for j in range(len(grads)):
+            if j != i and grads[i] @ grads[j] < 0:
+                grads[i] -= (grads[i] @ grads[j]) / (grads[j] @ grads[j]) * grads[j]
+    return sum(grads)
+
+
+WRONG = [
+    ("multitask.MultiHeadQNetwork", FirstTaskNet, checks.WRONG_ROW_TASK),
+    ("multitask.MultiHeadQNetwork", RowIndexedNet, checks.HEAD_BY_ROW),
+    ("multitask.MultiHeadQNetwork", TrunkInTaskParams, checks.TRUNK_IN_TASK_PARAMS),
+    ("multitask.MultiHeadQNetwork", ModuleAsTaskParams, None),
+    ("multitask.multitask_loss", loss_norm, checks.NOT_SQUARED),
+    ("multitask.multitask_loss", loss_lam_per_group, checks.LAM_TIMES_K),
+    ("multitask.multitask_loss", loss_item, None),
+    ("multitask.mean_regularizer", mean_reg_decay, checks.MR_WEIGHT_DECAY),
+    ("multitask.mean_regularizer", mean_reg_pairs, checks.MR_PAIRWISE),
+    ("multitask.task_param_groups", groups_duplicate, checks.IN_TWO_GROUPS),
+    ("multitask.task_param_groups", groups_trunk_only, checks.ONLY_TRUNK),
+    ("multitask.task_param_groups", groups_wrong_lrs, checks.HEADS_AT_SHARED_LR),
+    ("multitask.gradient_conflict", conflict_dots, checks.NOT_NORMALISED),
+    ("multitask.gradient_conflict", conflict_nan, checks.ZERO_NAN),
+    ("multitask.pcgrad", pcgrad_always, checks.ALWAYS_PROJECTS),
+    ("multitask.pcgrad", pcgrad_in_place, checks.PROJECTED_OTHER),
+    ("multitask.pcgrad", pcgrad_modifies_inputs, None),
+]
+
+
+def test_every_exercise_is_registered():
+    assert exercise_ids("04_multitask") == sorted(IDS)
+
+
+@pytest.mark.parametrize("exercise_id", FUNCTIONS)
+def test_reference_passes(exercise_id):
+    fn = getattr(ref, exercise_id.split(".")[1])
+    assert_passes(exercise_id, lambda *args, **kwargs: fn(*args, **kwargs))
+
+
+def test_reference_class_passes():
+    class Mine(ref.MultiHeadQNetwork):
+        pass
+
+    assert_passes("multitask.MultiHeadQNetwork", Mine)
+
+
+@pytest.mark.parametrize("exercise_id", IDS)
+def test_library_reference_itself_is_refused(exercise_id):
+    result = check(exercise_id, getattr(ref, exercise_id.split(".")[1]))
+    assert not result.passed and "library's own" in result.message
+
+
+@pytest.mark.parametrize(
+    ("exercise_id", "obj"), CORRECT, ids=[f"{e}-{o.__name__}" for e, o in CORRECT]
+)
+def test_correct_answers_pass(exercise_id, obj):
+    assert_passes(exercise_id, obj)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_correct_answers_pass_with_other_seeds(seed):
+    for exercise_id, obj in CORRECT:
+        result = check(exercise_id, obj, seed=seed)
+        assert result.passed, (exercise_id, obj.__name__, result.message)
+
+
+@pytest.mark.parametrize(
+    ("exercise_id", "obj", "hint"), WRONG, ids=[f"{e}-{o.__name__}" for e, o, _ in WRONG]
+)
+def test_student_mistakes_fail(exercise_id, obj, hint):
+    assert_fails(exercise_id, obj, hint)
+
+
+def _as_student(exercise_id, wrong):
+    if exercise_id == "multitask.pcgrad":  # the listed mistakes return every order's result
+        return lambda grads, generator=None: wrong(grads, generator)[0]
+    return wrong
+
+
+@pytest.mark.parametrize(
+    ("exercise_id", "hint"),
+    [(e, h) for e in IDS for h in get_exercise(e).mistakes()],
+    ids=[f"{e}-{i}" for e in IDS for i, _ in enumerate(get_exercise(e).mistakes())],
+)
+def test_every_listed_mistake_fails_with_its_hint(exercise_id, hint):
+    assert_fails(
+        exercise_id, _as_student(exercise_id, get_exercise(exercise_id).mistakes()[hint]), hint
+    )
+
+
+def test_parts_of_the_class_score_separately():
+    result = assert_fails("multitask.MultiHeadQNetwork", TrunkInTaskParams)
+    assert result.score == 2 and "[task_parameters]" in result.message
+    result = assert_fails("multitask.MultiHeadQNetwork", FirstTaskNet)
+    assert "[routing]" in result.message and "Parts that pass: task_parameters" in result.message
+
+
+def test_zero_gradient_part_scores_separately():
+    result = assert_fails("multitask.gradient_conflict", conflict_nan)
+    assert result.score == 1 and "[zero gradients]" in result.message
+
+
+def test_detached_loss_is_explained():
+    result = assert_fails("multitask.multitask_loss", loss_item)
+    assert "differentiable" in result.message
+
+
+def test_modifying_the_gradients_fails():
+    result = assert_fails("multitask.pcgrad", pcgrad_modifies_inputs)
+    assert "in place" in result.message
+
+
+def test_returning_a_module_from_task_parameters_is_explained():
+    result = assert_fails("multitask.MultiHeadQNetwork", ModuleAsTaskParams)
+    assert "returned a module" in result.message
+
+
+# --- not attempted and broken code --------------------------------------------------------------
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError
+
+
+class StubNet(nn.Module):
+    def __init__(self, *args, **kwargs):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("exercise_id", IDS)
+def test_stub_is_not_attempted(exercise_id):
+    obj = StubNet if exercise_id == "multitask.MultiHeadQNetwork" else stub
+    result = check(exercise_id, obj)
+    assert result.status == NOT_ATTEMPTED and result.score == 0
+    assert "Not attempted" in result.message and "Traceback" not in result.message
+
+
+@pytest.mark.parametrize("exercise_id", IDS)
+def test_missing_is_not_attempted(exercise_id):
+    assert check(exercise_id, None).status == NOT_ATTEMPTED
+
+
+def raises(*args, **kwargs):
+    return [1, 2][5]
+
+
+class RaisingNet(MultiHeadQNetwork):
+    def forward(self, obs, tasks):
+        return [1, 2][5]
+
+    def task_parameters(self, k):
+        return [1, 2][5]
+
+
+@pytest.mark.parametrize("exercise_id", IDS)
+def test_code_that_raises_fails_with_the_error_and_line(exercise_id):
+    obj = RaisingNet if exercise_id == "multitask.MultiHeadQNetwork" else raises
+    result = assert_fails(exercise_id, obj)
+    assert "raised IndexError" in result.message and "return [1, 2][5]" in result.message
+    assert result.score == 0
+
+
+@pytest.mark.parametrize("exercise_id", FUNCTIONS)
+def test_returning_none_fails(exercise_id):
+    result = assert_fails(exercise_id, lambda *args, **kwargs: None)
+    assert "None" in result.message
+
+
+@pytest.mark.parametrize("exercise_id", FUNCTIONS)
+def test_wrong_shape_fails(exercise_id):
+    result = assert_fails(exercise_id, lambda *args, **kwargs: torch.zeros(7, 3))
+    assert result.score == 0
+
+
+def test_a_function_instead_of_a_class_is_refused():
+    result = check("multitask.MultiHeadQNetwork", raises)
+    assert result.status == FAIL and "should be a class" in result.message
+
+
+def test_infinite_loop_times_out(monkeypatch):
+    exercise = get_exercise("multitask.pcgrad")
+    monkeypatch.setattr(exercise, "time_limit", 0.3)
+
+    def forever(grads, generator=None):
+        i = 0
+        while i < len(grads):  # forgets to advance i
+            pass
+        return grads[0]
+
+    result = assert_fails("multitask.pcgrad", forever)
+    assert "did not finish within 0.3 s" in result.message

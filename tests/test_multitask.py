@@ -1,0 +1,338 @@
+"""Tests for course/multitask.py: the Lesson 04 pieces by hand, then the trainers."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from course import multitask as mt
+from course.envs import CARTPOLE_TASKS, grid_tasks
+from course.multitask import (
+    MultiHeadQNetwork,
+    MultiTaskConfig,
+    PopulationMultiHeadNetwork,
+    SupervisedConfig,
+    _agent_penalty,
+    _derive_seed,
+    gradient_conflict,
+    mean_regularizer,
+    multitask_loss,
+    pcgrad,
+    per_task_mean,
+    sine_data,
+    sine_tasks,
+    steps_to_threshold,
+    task_param_groups,
+    train_multitask_dqn,
+    train_supervised,
+)
+
+# --- MultiHeadQNetwork ------------------------------------------------------------------------
+
+
+def test_each_row_is_answered_by_its_own_tasks_head():
+    torch.manual_seed(0)
+    net = MultiHeadQNetwork(obs_dim=3, n_actions=2, n_tasks=3, hidden=(8,))
+    obs = torch.randn(6, 3)
+    tasks = torch.tensor([2, 0, 1, 1, 2, 0])
+    out = net(obs, tasks)
+    features = net.trunk(obs)
+    for b in range(6):
+        expected = net.heads[int(tasks[b])](features[b])
+        torch.testing.assert_close(out[b], expected)
+
+
+def test_changing_one_head_changes_only_its_rows():
+    torch.manual_seed(1)
+    net = MultiHeadQNetwork(4, 2, 3, hidden=(8,))
+    obs, tasks = torch.randn(9, 4), torch.tensor([0, 1, 2] * 3)
+    before = net(obs, tasks).detach()
+    with torch.no_grad():
+        net.heads[1].bias.add_(1.0)
+    changed = (net(obs, tasks).detach() != before).any(-1)
+    assert changed.tolist() == (tasks == 1).tolist()
+
+
+def test_task_parameters_are_exactly_one_heads():
+    net = MultiHeadQNetwork(4, 2, 3, hidden=(8, 8))
+    for k in range(3):
+        assert {id(p) for p in net.task_parameters(k)} == {id(p) for p in net.heads[k].parameters()}
+    trunk = {id(p) for p in net.trunk.parameters()}
+    assert not trunk & {id(p) for k in range(3) for p in net.task_parameters(k)}
+
+
+# --- losses -----------------------------------------------------------------------------------
+
+
+def test_multitask_loss_by_hand():
+    losses = torch.tensor([1.0, 2.0])
+    params = [[torch.tensor([1.0, 2.0])], [torch.tensor([3.0]), torch.tensor([[1.0]])]]
+    # 3 + 0.5 * (1 + 4 + 9 + 1)
+    assert float(multitask_loss(losses, params, 0.5)) == pytest.approx(10.5)
+    assert float(multitask_loss(losses, params, 0.0)) == pytest.approx(3.0)
+
+
+def test_multitask_loss_gradient_is_weight_decay_on_the_heads():
+    p = torch.tensor([1.0, -2.0], requires_grad=True)
+    loss = multitask_loss(torch.zeros(1), [[p]], lam=0.1)
+    loss.backward()
+    torch.testing.assert_close(p.grad, 0.2 * p.detach())
+
+
+def test_mean_regularizer_by_hand():
+    a, b, c = torch.tensor([0.0, 0.0]), torch.tensor([2.0, 0.0]), torch.tensor([4.0, 3.0])
+    # mean (2, 1): squared distances 5 + 1 + 8
+    assert float(mean_regularizer([[a], [b], [c]])) == pytest.approx(14.0)
+    assert float(mean_regularizer([[a]])) == 0.0
+    assert float(mean_regularizer([[b], [b.clone()]])) == 0.0
+
+
+def test_mean_regularizer_is_pairwise_distances_over_2k():
+    g = torch.Generator().manual_seed(0)
+    params = [[torch.randn(3, 2, generator=g), torch.randn(3, generator=g)] for _ in range(4)]
+    pairwise = sum(
+        (params[i][n] - params[j][n]).pow(2).sum()
+        for i in range(4)
+        for j in range(4)
+        for n in (0, 1)
+    )
+    assert float(mean_regularizer(params)) == pytest.approx(float(pairwise) / (2 * 4), rel=1e-5)
+
+
+def test_population_penalties_match_the_library_per_agent():
+    g = torch.Generator().manual_seed(3)
+    stacked = [
+        [torch.randn(5, 3, 2, generator=g), torch.randn(5, 1, 3, generator=g)] for _ in range(3)
+    ]
+    for kind, fn in [
+        ("l2", lambda tp: multitask_loss(torch.zeros(1), tp, 1.0)),
+        ("mean", mean_regularizer),
+    ]:
+        per_agent = _agent_penalty(stacked, kind)
+        for a in range(5):
+            expected = fn([[p[a] for p in params] for params in stacked])
+            assert float(per_agent[a]) == pytest.approx(float(expected), rel=1e-5)
+
+
+# --- parameter groups -------------------------------------------------------------------------
+
+
+def test_task_param_groups_cover_every_parameter_once_with_its_lr():
+    net = MultiHeadQNetwork(4, 2, 3, hidden=(8,))
+    groups = task_param_groups(net, 1e-3, [1e-2, 2e-2, 3e-2])
+    seen = [id(p) for group in groups for p in group["params"]]
+    assert sorted(seen) == sorted(id(p) for p in net.parameters())
+    lr_of = {id(p): group["lr"] for group in groups for p in group["params"]}
+    assert all(lr_of[id(p)] == 1e-3 for p in net.trunk.parameters())
+    for k, lr in enumerate([1e-2, 2e-2, 3e-2]):
+        assert all(lr_of[id(p)] == lr for p in net.heads[k].parameters())
+    torch.optim.Adam(groups)  # accepted by PyTorch
+
+
+# --- gradient conflict and PCGrad -------------------------------------------------------------
+
+
+def test_gradient_conflict_is_cosine_similarity():
+    grads = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0]), torch.tensor([-3.0, 0.0])]
+    expected = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 1.0]])
+    torch.testing.assert_close(gradient_conflict(grads), expected)
+
+
+def test_gradient_conflict_of_a_zero_gradient_is_zero():
+    sim = gradient_conflict([torch.zeros(3), torch.tensor([1.0, 2.0, 3.0])])
+    assert not torch.isnan(sim).any()
+    torch.testing.assert_close(sim, torch.tensor([[0.0, 0.0], [0.0, 1.0]]))
+
+
+def test_pcgrad_without_conflict_is_the_plain_sum():
+    grads = [torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]), torch.tensor([0.0, 2.0])]
+    torch.testing.assert_close(pcgrad(grads), torch.tensor([2.0, 3.0]))
+
+
+def test_pcgrad_of_opposite_gradients_cancels():
+    g = torch.tensor([1.0, 2.0])
+    torch.testing.assert_close(pcgrad([g, -2 * g]), torch.zeros(2))
+
+
+def test_pcgrad_by_hand_and_inputs_untouched():
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
+    # a - (a.b)/|b|^2 b = (0.5, 0.5); b - (b.a)/|a|^2 a = (0, 1)
+    torch.testing.assert_close(pcgrad([a, b]), torch.tensor([0.5, 1.5]))
+    assert a.tolist() == [1.0, 0.0] and b.tolist() == [-1.0, 1.0]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pcgrad_result_does_not_conflict_with_either_gradient_k2(seed):
+    g = torch.Generator().manual_seed(seed)
+    a, b = (
+        torch.randn(5, generator=g, dtype=torch.float64),
+        torch.randn(5, generator=g, dtype=torch.float64),
+    )
+    out = pcgrad([a, b])
+    assert float(out @ a) >= -1e-9 and float(out @ b) >= -1e-9
+
+
+def test_pcgrad_order_comes_from_the_generator():
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(4, generator=g) for _ in range(4)]
+    first = pcgrad(grads, torch.Generator().manual_seed(5))
+    again = pcgrad(grads, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(first, again)
+
+
+# --- population network and supervised warm-up ------------------------------------------------
+
+
+def test_population_agent_matches_its_slice():
+    gens = [torch.Generator().manual_seed(s) for s in range(3)]
+    pop = PopulationMultiHeadNetwork(3, 4, 2, 3, (8, 8), gens)
+    obs = torch.randn(3, 5, 4)
+    tasks = torch.randint(0, 3, (3, 5))
+    out = pop(obs, tasks)
+    for a in range(3):
+        torch.testing.assert_close(pop.agent(a)(obs[a], tasks[a]), out[a])
+
+
+def test_per_task_mean():
+    values = torch.tensor([[1.0, 3.0, 5.0, 7.0]])
+    tasks = torch.tensor([[0, 0, 2, 2]])
+    torch.testing.assert_close(per_task_mean(values, tasks, 3), torch.tensor([[2.0, 0.0, 6.0]]))
+
+
+def test_sine_data_follows_the_tasks():
+    tasks = sine_tasks(3, seed=1)
+    x, y, ids = sine_data(tasks, 10, torch.Generator().manual_seed(0))
+    assert (
+        x.shape == (30, 1) and y.shape == (30,) and ids.tolist() == [0] * 10 + [1] * 10 + [2] * 10
+    )
+    amp = torch.tensor(tasks.amplitudes, dtype=torch.float32)[ids]
+    phase = torch.tensor(tasks.phases, dtype=torch.float32)[ids]
+    torch.testing.assert_close(y, amp * torch.sin(x[:, 0] + phase))
+
+
+def test_supervised_training_learns_and_is_deterministic():
+    cfg = SupervisedConfig(steps=60)
+    first = train_supervised(cfg, lams=(0.0, 0.1), seeds=(0, 1))
+    again = train_supervised(cfg, lams=(0.0, 0.1), seeds=(0, 1))
+    torch.testing.assert_close(first.test_mse, again.test_mse)
+    assert first.test_mse.shape == (4, cfg.n_tasks)
+    assert (first.train_loss[:, -1] < first.train_loss[:, 0]).all()
+    assert set(first.history[0]) == {"train_mse", "penalty", "loss"}
+
+
+def test_mean_regularizer_with_huge_lam_makes_heads_equal():
+    cfg = SupervisedConfig(steps=150)
+    result = train_supervised(cfg, lams=(1e4,), seeds=(0,), regularizer="mean")
+    heads = [result.network.task_parameters(k) for k in range(cfg.n_tasks)]
+    spread = max(
+        float((heads[k][0] - heads[0][0]).detach().abs().max()) for k in range(cfg.n_tasks)
+    )
+    assert spread < 1e-2
+
+
+# --- multi-task DQN ---------------------------------------------------------------------------
+
+TINY = MultiTaskConfig(
+    steps_per_task=400, envs_per_task=2, learning_starts=100, eval_every=200, buffer_size=1000
+)
+
+
+def test_multitask_dqn_is_deterministic_and_shaped():
+    tasks = grid_tasks(start="uniform")[:2]
+    first = train_multitask_dqn([tasks, tasks], seeds=[0, 1], config=TINY, lams=[0.0, 0.1])
+    again = train_multitask_dqn([tasks, tasks], seeds=[0, 1], config=TINY, lams=[0.0, 0.1])
+    torch.testing.assert_close(first.scores, again.scores)
+    for p, q in zip(first.network.parameters(), again.network.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    assert first.scores.shape == (2, 3, 2)
+    assert first.steps.tolist() == [0, 200, 400]
+    assert first.total_steps.tolist() == [0, 400, 800]
+    assert ((first.scores >= 0) & (first.scores <= 1 + 1e-6)).all()
+    conflict = first.conflict[:, -1]
+    assert conflict.shape == (2, 2, 2) and not torch.isnan(conflict).any()
+
+
+def test_an_agent_does_not_depend_on_its_neighbours():
+    tasks = grid_tasks(start="uniform")[:2]
+    pair = train_multitask_dqn([tasks, tasks], seeds=[3, 4], config=TINY)
+    alone = train_multitask_dqn([tasks], seeds=[4], config=TINY)
+    torch.testing.assert_close(pair.scores[1], alone.scores[0])
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"architecture": "shared"},
+        {"architecture": "task_input"},
+        {"use_pcgrad": True, "regularizer": "mean", "lam": 0.1},
+    ],
+)
+def test_multitask_dqn_variants_run(variant):
+    tasks = grid_tasks(start="uniform")[:3]
+    result = train_multitask_dqn([tasks], [0], dataclasses.replace(TINY, **variant))
+    assert result.scores.shape == (1, 3, 3)
+
+
+def test_multitask_dqn_on_cartpole_tasks():
+    tasks = [CARTPOLE_TASKS["default"], CARTPOLE_TASKS["mirrored"]]
+    cfg = dataclasses.replace(TINY, gamma=0.99, eval_episodes=2)
+    result = train_multitask_dqn([tasks], [0], cfg)
+    assert result.scores.shape == (1, 3, 2) and (result.scores >= 1).all()
+
+
+def test_per_task_learning_rate_of_zero_freezes_that_head():
+    tasks = grid_tasks(start="uniform")[:2]
+    cfg = dataclasses.replace(TINY, task_lrs=(1e-3, 0.0))
+    result = train_multitask_dqn([tasks], [0], cfg)
+    fresh = PopulationMultiHeadNetwork(
+        1,
+        45,
+        4,
+        2,
+        cfg.hidden,
+        [torch.Generator().manual_seed(_derive_seed(0, 0))],
+    )
+    torch.testing.assert_close(result.network.heads[1].weight, fresh.heads[1].weight)
+    assert not torch.equal(result.network.heads[0].weight, fresh.heads[0].weight)
+
+
+def test_steps_to_threshold():
+    steps = torch.tensor([0, 10, 20, 30])
+    scores = torch.tensor([[0.1, 0.5, 0.9, 1.0], [0.0, 0.2, 0.3, 0.4]])
+    out = steps_to_threshold(steps, scores, 0.9)
+    assert out[0] == 20 and math.isinf(out[1])
+
+
+# --- summaries, plots and the lam explorer ------------------------------------------------------
+
+
+def test_summaries_plots_and_lam_explorer():
+    from course.plots import plot_conflict, plot_lam_sweep, plot_multitask_curves
+    from course.widgets import LamExplorer
+
+    tasks = grid_tasks(start="uniform")[:2]
+    sweep = train_multitask_dqn([tasks] * 4, [0, 1, 0, 1], TINY, lams=[0.0, 0.0, 0.1, 0.1])
+    lams, (estimate, low, high) = mt.lam_final_bands(sweep)
+    assert lams.tolist() == [0.0, 0.1] and ((low <= estimate) & (estimate <= high)).all()
+    assert "0.1" in mt.format_lam_sweep({"l2": sweep})
+    assert "goal=(0,0)" in mt.format_final_scores({"heads": sweep})
+    explorer = LamExplorer({"l2": sweep, "mean": sweep})
+    explorer.slider.value = 0.1
+    assert explorer.curves_figure.axes[0].get_title() == "lam = 0.1"
+    plot_lam_sweep(lams, {"l2": (estimate, low, high)}, "score", selected=0.0)
+    plot_multitask_curves(sweep.steps, {"heads": mt.score_band(sweep)}, threshold=0.5)
+    plot_conflict(mt.mean_conflict(sweep), ["a", "b"])
+
+
+def test_compare_with_singles_counts_total_steps():
+    tasks = grid_tasks(start="uniform")[:2]
+    multi = train_multitask_dqn([tasks, tasks], [0, 1], TINY)
+    singles = train_multitask_dqn([[t] for _ in range(2) for t in tasks], [0, 0, 1, 1], TINY)
+    comparison = mt.compare_with_singles(multi, singles, threshold=0.0)
+    assert comparison.multitask.tolist() == [0.0, 0.0]  # reached at the first evaluation
+    assert comparison.singles.tolist() == [0.0, 0.0]
+    torch.testing.assert_close(comparison.final_singles, singles.final_scores.view(2, 2))
+    assert "per seed" in mt.format_threshold_comparison(comparison, 0.0)
