@@ -371,7 +371,9 @@ class DQNConfig:
     lr: float = 2.3e-3
     """Adam learning rate at the start of training"""
     lr_end: float = 0.0
-    """learning rate at the end of training (linear decay: late updates cannot undo a solution)"""
+    """learning rate at the end of the decay (late updates cannot undo a solution)"""
+    lr_decay_fraction: float = 1.0
+    """fraction of total_steps over which the learning rate decays linearly to lr_end"""
     gamma: float = 0.99
     """discount factor"""
     buffer_size: int = 50_000
@@ -383,7 +385,9 @@ class DQNConfig:
     updates_per_step: float = 0.5
     """gradient updates per environment step (the replay ratio)"""
     target_update_interval: int = 128
-    """gradient updates between target-network updates"""
+    """gradient updates between target-network updates, at the start of training"""
+    target_update_interval_end: int | None = None
+    """if set, the interval grows linearly to this by the end (fast propagation, then stability)"""
     tau: float = 1.0
     """target-network update weight (1: hard copy)"""
     double_dqn: bool = True
@@ -659,7 +663,12 @@ def train_dqn(
     loss_sum = torch.zeros(n_agents, device=device)
     q_sum = torch.zeros(n_agents, device=device)
     n_logged = 0
-    n_updates = 0
+    n_updates = since_target_update = 0
+    interval_end = cfg.target_update_interval_end or cfg.target_update_interval
+
+    def target_interval(step: int) -> float:
+        return linear_schedule(cfg.target_update_interval, interval_end, cfg.total_steps, step)
+
     epsilon, lr = cfg.eps_start, cfg.lr
     eps_duration = int(cfg.exploration_fraction * cfg.total_steps)
 
@@ -724,7 +733,7 @@ def train_dqn(
         prev_done = torch.from_numpy(done_np)
         obs_np = next_obs_np
 
-        lr = linear_schedule(cfg.lr, cfg.lr_end, cfg.total_steps, step)
+        lr = linear_schedule(cfg.lr, cfg.lr_end, int(cfg.lr_decay_fraction * cfg.total_steps), step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         due = int(max(0, step - cfg.learning_starts) * cfg.updates_per_step)
@@ -734,8 +743,10 @@ def train_dqn(
             q_sum += q_mean
             n_logged += 1
             n_updates += 1
-            if n_updates % cfg.target_update_interval == 0:
+            since_target_update += 1
+            if since_target_update >= target_interval(step):
                 soft_update(target_net, q_net, cfg.tau)
+                since_target_update = 0
 
         if step >= next_eval or step >= cfg.total_steps:
             evaluate_now(step)
@@ -764,10 +775,18 @@ def train_dqn(
 _BLOCK = 256  # steps (or updates) of random numbers drawn at once
 
 NOTEBOOK_CONFIG = dataclasses.replace(
-    DQNConfig(), total_steps=20_000, buffer_size=20_000, eval_every=1_000, eval_episodes=5
+    DQNConfig(),
+    total_steps=20_000,
+    buffer_size=20_000,
+    batch_size=64,
+    updates_per_step=0.25,
+    target_update_interval=64,
+    eval_every=1_000,
+    eval_episodes=5,
 )
-"""A short run for Lesson 03's notebook: 5 seeds train together in roughly 10-20 s on one core
-and show a clear learning curve (from about 10 to a few hundred), without reaching 475."""
+"""A short run for Lesson 03's notebook: 5 seeds train together in about 14 s on one core.
+The mean greedy return climbs from about 15 to about 200 (DQN about 160); it does not reach
+475 (the full :class:`DQNConfig` needs 50,000 steps for that)."""
 
 
 def evaluate(

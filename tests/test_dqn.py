@@ -303,3 +303,13 @@ def test_train_dqn_rejects_bad_arguments():
         train_dqn(TINY, seeds=[0, 1], init_state=[QNetwork(4, 2, (16, 16)).state_dict()])
     with pytest.raises(ValueError, match="no parameter"):
         train_dqn(TINY, seeds=[0], freeze=("trunk", "head"))
+
+
+def test_schedules_for_learning_rate_and_target_interval_are_applied():
+    seen = []
+    cfg = dataclasses.replace(TINY, lr_decay_fraction=0.5, target_update_interval_end=80)
+    result = train_dqn(cfg, seeds=[0], callback=lambda step, stats: seen.append(stats["lr"]))
+    assert seen[0] == TINY.lr and seen[1] == seen[2] == TINY.lr_end  # decayed by step 200
+    baseline = train_dqn(TINY, seeds=[0])
+    # a faster-decaying learning rate and rarer target updates change the trained weights
+    assert not torch.equal(result.states[0]["head.weight"], baseline.states[0]["head.weight"])

@@ -1,0 +1,246 @@
+"""Benchmark: the reference DQN against stable-baselines3 on CartPole-v1, side by side.
+
+Quality bars (issue 3): with 50,000 environment steps per seed and 5 seeds, every seed first
+reaches a greedy evaluation mean >= 475 (10 episodes), and the *final* policy averages >= 475
+over 20 episodes in at least 4 of 5 seeds; at most a quarter of SB3's wall time per seed, and 5
+seeds together faster than SB3's one.
+
+SB3 runs ``DQN`` with the rl-baselines3-zoo CartPole-v1 hyperparameters. Both agents are
+evaluated with the same function (:func:`course.evaluation.evaluate_policy`, greedy, on
+gymnasium's vector CartPole), every 2,500 steps with 10 episodes and at the end with 20 episodes
+on seeds no training run uses. SB3's times exclude the time spent in those evaluations; ours
+include its in-training evaluations (so the comparison is conservative for us). Both wall and
+CPU (process) time are printed: on a shared machine the CPU time is the steadier figure.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_dqn.py                # full: 5 seeds, ours and SB3
+    .venv/bin/python benchmarks/bench_dqn.py --quick        # 2 seeds, no SB3
+    .venv/bin/python benchmarks/bench_dqn.py --preset notebook --skip-sb3
+
+stable-baselines3 is a benchmark-only dependency (``pip install stable-baselines3``).
+
+Tuning record (CartPole-v1, 50k steps, greedy evaluation; "first" = seeds whose evaluation mean
+reached 475 at some point, "final" = seeds whose final policy averages >= 475 over 20 episodes;
+all with Double DQN, Huber loss, gradient clip 10, 4 envs per agent, lr decaying linearly to 0
+unless said otherwise):
+
+- hidden (64, 64), lr 1e-3 or 2.5e-3, 0.25-0.5 updates per step, target every 50-250
+  updates, hard or soft (tau 0.01): first 0-3/3, final 0-1/3; the greedy policy plateaus at
+  100-250 with the cart drifting off the track.
+- (128, 128), lr 2.3e-3 constant, no Double DQN (the zoo's recipe): first 3/3, final 1/3;
+  the same with Double DQN and the decaying lr: final 3/3; with batch 128: first 6/6, final
+  5/6 over seeds 0-5.
+- lr 1e-3 instead of 2.3e-3: final 1/5 (batch 128) and 0/5 (batch 64); gamma 0.98: final 3/3
+  but first success only at 45k; learning_starts 5k: final 2/3, no gain.
+- hidden (256,): final 3/6; (512,): first 6/6, final 5/6 (seeds 0-5), the default.
+- target every 32 updates: first 5/5 and earlier (10k-32k) but final 2/5 (collapses after
+  solving); every 16: diverges (5/5 at 9); every 64: final 3/5; 32 growing to 256 over
+  training: final 3/5 with (512,), 4/5 with (128, 128); lr decaying over 60% of training:
+  final 2/5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+import torch
+
+from course.dqn import NOTEBOOK_CONFIG, DQNConfig, cartpole_vec, evaluate, train_dqn
+from course.evaluation import evaluate_policy
+
+SOLVED = 475.0
+EVAL_EVERY = 2_500
+FINAL_EPISODES = 20
+FINAL_SEED = 10**6  # final evaluation seeds: FINAL_SEED + seed, used by no training run
+
+PRESETS = {
+    "default": DQNConfig(),
+    "notebook": NOTEBOOK_CONFIG,  # Lesson 03's notebook: 5 seeds in roughly 10-20 s
+}
+
+ZOO = dict(  # rl-baselines3-zoo hyperparams/dqn.yml, CartPole-v1
+    learning_rate=2.3e-3,
+    batch_size=64,
+    buffer_size=100_000,
+    learning_starts=1_000,
+    gamma=0.99,
+    target_update_interval=10,
+    train_freq=256,
+    gradient_steps=128,
+    exploration_fraction=0.16,
+    exploration_final_eps=0.04,
+    policy_kwargs=dict(net_arch=[256, 256]),
+)
+
+
+def first_solved(steps: list[int], means: list[float]) -> int | None:
+    """First evaluation step whose mean return reaches the bar, or None."""
+    return next((s for s, m in zip(steps, means, strict=True) if m >= SOLVED), None)
+
+
+def run_ours(config: DQNConfig, seeds: list[int]) -> tuple[list[dict], float, float]:
+    cpu_start = time.process_time()
+    result = train_dqn(config, seeds=seeds, device="cpu")
+    cpu = time.process_time() - cpu_start
+    rows = []
+    for a, seed in enumerate(seeds):
+        final = evaluate(result.network(a), n_episodes=FINAL_EPISODES, seed=FINAL_SEED + seed)
+        means = result.eval_mean[a].tolist()
+        rows.append(
+            dict(
+                seed=seed,
+                first=first_solved(result.steps.tolist(), means),
+                final=final.mean().item(),
+                curve=means,
+            )
+        )
+    return rows, result.wall_time, cpu
+
+
+def run_sb3(seed: int, total_steps: int) -> tuple[dict, float, float]:
+    from stable_baselines3 import DQN
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    eval_env = cartpole_vec(10)
+
+    def greedy(model: DQN):
+        return lambda obs: model.q_net(obs).argmax(dim=-1)
+
+    class Evaluate(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.steps: list[int] = []
+            self.means: list[float] = []
+            self.eval_time = 0.0
+            self.eval_cpu = 0.0
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps % EVAL_EVERY == 0:
+                start, cpu_start = time.perf_counter(), time.process_time()
+                k = len(self.steps)
+                returns = evaluate_policy(greedy(self.model), eval_env, 10, seed=seed * 1000 + k)
+                self.steps.append(self.num_timesteps)
+                self.means.append(returns.mean().item())
+                self.eval_time += time.perf_counter() - start
+                self.eval_cpu += time.process_time() - cpu_start
+            return True
+
+    start, cpu_start = time.perf_counter(), time.process_time()
+    model = DQN("MlpPolicy", "CartPole-v1", seed=seed, device="cpu", verbose=0, **ZOO)
+    callback = Evaluate()
+    model.learn(total_timesteps=total_steps, callback=callback)
+    wall = time.perf_counter() - start - callback.eval_time
+    cpu = time.process_time() - cpu_start - callback.eval_cpu
+    final = evaluate_policy(
+        greedy(model), cartpole_vec(FINAL_EPISODES), FINAL_EPISODES, seed=FINAL_SEED + seed
+    )
+    row = dict(
+        seed=seed,
+        first=first_solved(callback.steps, callback.means),
+        final=final.mean().item(),
+        curve=callback.means,
+    )
+    return row, wall, cpu
+
+
+def print_rows(
+    name: str, rows: list[dict], walls: list[float | None], cpus: list[float | None]
+) -> None:
+    for row, wall, cpu in zip(rows, walls, cpus, strict=True):
+        first = "never" if row["first"] is None else str(row["first"])
+        wall_s = "" if wall is None else f"{wall:.1f}"
+        cpu_s = "" if cpu is None else f"{cpu:.1f}"
+        print(
+            f"{name:<24}{row['seed']:>5}{first:>12}{row['final']:>13.1f}{wall_s:>10}{cpu_s:>10}",
+            flush=True,
+        )
+
+
+def summary(rows: list[dict]) -> tuple[int, int]:
+    return sum(r["first"] is not None for r in rows), sum(r["final"] >= SOLVED for r in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    parser.add_argument("--steps", type=int, default=None, help="override total_steps")
+    parser.add_argument("--quick", action="store_true", help="seeds 0 1, no SB3, no solo run")
+    parser.add_argument("--skip-sb3", action="store_true", help="do not run stable-baselines3")
+    parser.add_argument("--skip-solo", action="store_true", help="skip the one-seed-alone run")
+    parser.add_argument("--curves", action="store_true", help="print evaluation curves")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.skip_sb3, args.skip_solo = [0, 1], True, True
+    torch.set_num_threads(1)
+    config = PRESETS[args.preset]
+    if args.steps is not None:
+        config = dataclasses.replace(config, total_steps=args.steps)
+    n = len(args.seeds)
+    print(
+        f"CartPole-v1, {config.total_steps} env steps per seed, seeds {args.seeds}, "
+        f"preset {args.preset!r}, torch threads {torch.get_num_threads()}"
+    )
+    print(f"config: {config}")
+    print(
+        f"{'agent':<24}{'seed':>5}{'first>=475':>12}{'final(20ep)':>13}{'wall s':>10}{'cpu s':>10}"
+    )
+
+    rows, wall, cpu = run_ours(config, args.seeds)
+    print_rows(f"ours (population of {n})", rows, [None] * n, [None] * n)
+    if args.curves:
+        for row in rows:
+            print(f"  curve seed {row['seed']}: " + " ".join(f"{m:.0f}" for m in row["curve"]))
+    solo_wall = solo_cpu = None
+    if not args.skip_solo:
+        _, solo_wall, solo_cpu = run_ours(config, args.seeds[:1])
+    first, final = summary(rows)
+    print(
+        f"ours: first>=475 in {first}/{n} seeds, final>=475 in {final}/{n}; "
+        f"{n} seeds together: wall {wall:.1f} s, cpu {cpu:.1f} s "
+        f"(per seed: wall {wall / n:.1f} s, cpu {cpu / n:.1f} s)"
+        + (
+            ""
+            if solo_wall is None
+            else f"; one seed alone: wall {solo_wall:.1f} s, cpu {solo_cpu:.1f} s"
+        ),
+        flush=True,
+    )
+
+    if args.skip_sb3:
+        return
+    sb3_rows, sb3_walls, sb3_cpus = [], [], []
+    for seed in args.seeds:
+        row, sb3_wall, sb3_cpu = run_sb3(seed, config.total_steps)
+        sb3_rows.append(row)
+        sb3_walls.append(sb3_wall)
+        sb3_cpus.append(sb3_cpu)
+        print_rows("sb3 zoo DQN", [row], [sb3_wall], [sb3_cpu])
+    if args.curves:
+        for row in sb3_rows:
+            print(f"  curve seed {row['seed']}: " + " ".join(f"{m:.0f}" for m in row["curve"]))
+    sb3_first, sb3_final = summary(sb3_rows)
+    sb3_wall, sb3_cpu = float(np.mean(sb3_walls)), float(np.mean(sb3_cpus))
+    print(
+        f"sb3: first>=475 in {sb3_first}/{n} seeds, final>=475 in {sb3_final}/{n}; "
+        f"per seed (mean of {n}): wall {sb3_wall:.1f} s, cpu {sb3_cpu:.1f} s"
+    )
+    print("ratios (wall, cpu):")
+    print(
+        f"  ours per seed in the population / sb3 per seed: {wall / n / sb3_wall:.3f}, "
+        f"{cpu / n / sb3_cpu:.3f}"
+    )
+    if solo_wall is not None and solo_cpu is not None:
+        print(
+            f"  ours one seed alone / sb3 per seed: {solo_wall / sb3_wall:.3f}, "
+            f"{solo_cpu / sb3_cpu:.3f}"
+        )
+    print(f"  ours {n} seeds together / sb3 one seed: {wall / sb3_wall:.3f}, {cpu / sb3_cpu:.3f}")
+
+
+if __name__ == "__main__":
+    main()
