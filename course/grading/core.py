@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import html
 import linecache
+import math
 import signal
 import threading
 import time
@@ -370,6 +371,28 @@ def compare(
         return None
     if got != want:
         return f"returned {plain.describe(got)}; expected {plain.describe(want)}"
+    return None
+
+
+def compare_scalar(
+    got: Any, want: Any, rtol: float, atol: float, what: str = "the result"
+) -> str | None:
+    """A differentiable scalar answer (a loss, a penalty) against the reference's value.
+
+    ``got`` must be an encoded torch tensor of shape ``[]`` or ``[1]``: a Python float or a numpy
+    number would have left autograd, so the optimizer could not use it.
+    """
+    if not (plain.is_array(got) and got.get("type") == "tensor"):
+        return (
+            f"returned {plain.describe(got)}; expected a scalar torch tensor that autograd can "
+            "differentiate (no .item(), no numpy)"
+        )
+    if got["shape"] not in ([], [1]):
+        return f"returned shape {tuple(got['shape'])}; expected a scalar: sum everything"
+    g = float(plain.to_tensor(got).reshape(()))
+    w = float(plain.to_tensor(want).reshape(()))
+    if not math.isclose(g, w, rel_tol=rtol, abs_tol=atol):
+        return f"{what} is {g:.6g}; expected {w:.6g}"
     return None
 
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from course import multitask as ref
 from course.grading import plain
-from course.grading.core import Case, Exercise, compare, register
+from course.grading.core import Case, Exercise, compare, compare_scalar, register
 from course.grading.plain import show_tensor
 
 LESSON = "04_multitask"
@@ -398,18 +398,9 @@ def _tensors(x: Any) -> list[torch.Tensor]:
 def _judge_scalar(got: Any, want: Any) -> str | None:
     if not (isinstance(got, dict) and got.get("type") == "scalar"):
         return f"returned {plain.describe(got)}; expected a scalar tensor"
-    value = got["value"]
-    if not (plain.is_array(value) and value.get("type") == "tensor"):
-        return (
-            f"returned {plain.describe(value)}; expected a scalar torch tensor that autograd "
-            "can differentiate (no .item(), no numpy)"
-        )
-    if value["shape"] not in ([], [1]):
-        return f"returned shape {tuple(value['shape'])}; expected a scalar: sum everything"
-    g = float(plain.to_tensor(value).reshape(()))
-    w = float(plain.to_tensor(want["value"]))
-    if not math.isclose(g, w, rel_tol=1e-4, abs_tol=1e-5):
-        return f"returned {g:.6g}; expected {w:.6g}"
+    reason = compare_scalar(got["value"], want["value"], rtol=1e-4, atol=1e-5, what="it")
+    if reason is not None:
+        return reason
     if want.get("grads") is not None:
         if got.get("grads") is None:
             return DETACHED

@@ -31,7 +31,14 @@ from torch import nn
 from course import transfer as ref
 from course.dqn import QNetwork
 from course.grading import plain
-from course.grading.core import Case, Exercise, _changed_argument, compare, register
+from course.grading.core import (
+    Case,
+    Exercise,
+    _changed_argument,
+    compare,
+    compare_scalar,
+    register,
+)
 from course.grading.plain import show_tensor
 
 LESSON = "05_transfer"
@@ -438,18 +445,9 @@ class L2SPPenalty(_TransferExercise):
     def judge(self, case: Case, got: Any, want: Any) -> str | None:
         if not (isinstance(got, dict) and got.get("type") == "penalty"):
             return f"returned {plain.describe(got)}; expected a scalar tensor (the penalty)"
-        value = got["value"]
-        if not (plain.is_array(value) and value.get("type") == "tensor"):
-            return (
-                f"returned {plain.describe(value)}; expected a scalar torch tensor that the "
-                "optimizer can differentiate (no .item(), no numpy)"
-            )
-        if value["shape"] not in ([], [1]):
-            return f"returned shape {tuple(value['shape'])}; expected a scalar: sum everything"
-        g = float(plain.to_tensor(value).reshape(()))
-        w = float(plain.to_tensor(want["value"]))
-        if not math.isclose(g, w, rel_tol=1e-5, abs_tol=1e-6):
-            return f"the penalty is {g:.6g}; expected {w:.6g}"
+        reason = compare_scalar(got["value"], want["value"], 1e-5, 1e-6, what="the penalty")
+        if reason is not None:
+            return reason
         if want.get("differentiable") and not got.get("differentiable"):
             return (
                 "the penalty does not depend on the parameters through autograd: compute it "
