@@ -13,6 +13,24 @@ from matplotlib.patches import Rectangle
 
 from course.mdp import ACTION_DELTAS, GridMDP, greedy_policy
 
+
+def _figure_and_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    """The given axes and their figure, or new ones (a figure not registered with pyplot)."""
+    if ax is None:
+        fig = Figure(figsize=figsize, layout="constrained")
+        return fig, fig.add_subplot()
+    return ax.figure, ax
+
+
+def _band(
+    ax: Axes, x: np.ndarray, band: tuple, colour: str | None, label: str, alpha: float, **line
+) -> None:
+    """One curve ``(estimate, low, high)``: the estimate as a line, its interval shaded."""
+    estimate, low, high = band
+    ax.plot(x, estimate, color=colour, label=label, **line)
+    ax.fill_between(x, low, high, color=colour, alpha=alpha, linewidth=0)
+
+
 # =============================================================================================
 # Lesson 01: MDPs
 # =============================================================================================
@@ -147,15 +165,9 @@ def plot_replay_curves(
     Returns:
         The figure drawn on.
     """
-    if ax is None:
-        fig = Figure(figsize=figsize, layout="constrained")
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
-    for name, (estimate, low, high) in bands.items():
-        colour = _REPLAY_COLOURS.get(name)
-        ax.plot(steps, estimate, color=colour, label=name)
-        ax.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
+    fig, ax = _figure_and_axes(ax, figsize)
+    for name, band in bands.items():
+        _band(ax, steps, band, _REPLAY_COLOURS.get(name), name, alpha=0.2)
     ax.set_xlabel("updates")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -196,16 +208,10 @@ def plot_dqn_curves(
     Returns:
         The figure drawn on.
     """
-    if ax is None:
-        fig = Figure(figsize=figsize, layout="constrained")
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = _figure_and_axes(ax, figsize)
     steps = np.asarray(steps)
-    for name, (estimate, low, high) in bands.items():
-        colour = _DQN_COLOURS.get(name)
-        ax.plot(steps, estimate, color=colour, label=name)
-        ax.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
+    for name, band in bands.items():
+        _band(ax, steps, band, _DQN_COLOURS.get(name), name, alpha=0.2)
     if threshold is not None:
         ax.axhline(threshold, color="#57606a", linestyle="--", linewidth=1)
     ax.set_xlabel("environment steps")
@@ -310,10 +316,8 @@ def plot_transfer_curves(
     axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
     steps = np.asarray(steps)
     for ax, (target, bands) in zip(axes, bands_by_target.items(), strict=True):
-        for name, (estimate, low, high) in bands.items():
-            colour = _TRANSFER_COLOURS.get(name)
-            ax.plot(steps, estimate, color=colour, label=name, linewidth=1.5)
-            ax.fill_between(steps, low, high, color=colour, alpha=0.15, linewidth=0)
+        for name, band in bands.items():
+            _band(ax, steps, band, _TRANSFER_COLOURS.get(name), name, alpha=0.15, linewidth=1.5)
         if threshold is not None:
             ax.axhline(threshold, color="#57606a", linestyle="--", linewidth=1)
         ax.set_title(target, fontsize=10)
@@ -357,10 +361,9 @@ def plot_lam_sweep(
     x = np.where(lams > 0, lams, zero_at)
     fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.subplots()
-    for name, (estimate, low, high) in bands.items():
+    for name, band in bands.items():
         colour = _MULTITASK_COLOURS.get(name)
-        ax.plot(x, estimate, marker="o", color=colour, label=name, linewidth=1.5)
-        ax.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
+        _band(ax, x, band, colour, name, alpha=0.15, marker="o", linewidth=1.5)
     if selected is not None:
         ax.axvline(selected if selected > 0 else zero_at, color="#57606a", linestyle="--")
     ax.set_xscale("log")
@@ -386,11 +389,10 @@ def plot_multitask_curves(
     """
     fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.subplots()
-    for name, (estimate, low, high) in bands.items():
+    for name, band in bands.items():
         x = np.asarray(steps[name] if isinstance(steps, dict) else steps)
         colour = _MULTITASK_COLOURS.get(name.split(" ")[0])
-        ax.plot(x, estimate, color=colour, label=name, linewidth=1.5)
-        ax.fill_between(x, low, high, color=colour, alpha=0.15, linewidth=0)
+        _band(ax, x, band, colour, name, alpha=0.15, linewidth=1.5)
     if threshold is not None:
         ax.axhline(threshold, color="#57606a", linestyle="--", linewidth=1)
     ax.set_xlabel(xlabel)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from check_helpers import assert_fails, assert_passes
 
 from course import mdp as ref
-from course.grading import CheckResult, check, exercise_ids
-from course.grading.core import FAIL, NOT_ATTEMPTED, PASS, get_exercise
+from course.grading import check, exercise_ids
+from course.grading.core import NOT_ATTEMPTED, get_exercise
 from course.grading.exercises import mdp as checks
 
 IDS = [
@@ -24,22 +25,6 @@ IDS = [
     "mdp.greedy_policy",
     "mdp.value_iteration",
 ]
-
-
-def assert_passes(exercise_id: str, fn: object) -> None:
-    result = check(exercise_id, fn)
-    assert result.status == PASS, result.message
-    assert result.passed and result.score == result.max_score
-
-
-def assert_fails(exercise_id: str, fn: object, hint: str | None = None) -> CheckResult:
-    result = check(exercise_id, fn)
-    assert result.status == FAIL, f"a wrong answer passed {exercise_id}"
-    assert not result.passed and result.score == 0
-    assert "Traceback" not in result.message
-    if hint is not None:
-        assert f"hint: {hint}" in result.message, result.message
-    return result
 
 
 def masked(mdp: ref.TabularMDP, V: torch.Tensor) -> torch.Tensor:

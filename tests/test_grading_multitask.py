@@ -13,11 +13,12 @@ import random
 import numpy as np
 import pytest
 import torch
+from check_helpers import assert_fails, assert_passes
 from torch import nn
 
 from course import multitask as ref
-from course.grading import CheckResult, check, exercise_ids
-from course.grading.core import FAIL, NOT_ATTEMPTED, PASS, get_exercise
+from course.grading import check, exercise_ids
+from course.grading.core import FAIL, NOT_ATTEMPTED, get_exercise
 from course.grading.exercises import multitask as checks
 
 FUNCTIONS = [
@@ -28,22 +29,6 @@ FUNCTIONS = [
     "multitask.pcgrad",
 ]
 IDS = ["multitask.MultiHeadQNetwork", *FUNCTIONS]
-
-
-def assert_passes(exercise_id: str, obj: object) -> None:
-    result = check(exercise_id, obj)
-    assert result.status == PASS, result.message
-    assert result.score == result.max_score
-
-
-def assert_fails(exercise_id: str, obj: object, hint: str | None = None) -> CheckResult:
-    result = check(exercise_id, obj)
-    assert result.status == FAIL, f"a wrong answer passed {exercise_id}"
-    assert result.score < result.max_score
-    assert "Traceback" not in result.message
-    if hint is not None:
-        assert f"hint: {hint}" in result.message, result.message
-    return result
 
 
 # --- correct answers, written in other ways ---------------------------------------------------

@@ -14,11 +14,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from check_helpers import assert_fails, assert_passes
 from torch import nn
 
 from course import transfer as ref
-from course.grading import CheckResult, check, exercise_ids
-from course.grading.core import FAIL, NOT_ATTEMPTED, PASS, get_exercise
+from course.grading import check, exercise_ids
+from course.grading.core import NOT_ATTEMPTED, get_exercise
 from course.grading.exercises import transfer as checks
 
 IDS = ["transfer.transfer_metrics", "transfer.l2sp_penalty", "transfer.prepare_finetune"]
@@ -27,22 +28,6 @@ REFERENCES = {
     "transfer.l2sp_penalty": ref.l2sp_penalty,
     "transfer.prepare_finetune": ref.prepare_finetune,
 }
-
-
-def assert_passes(exercise_id: str, fn: object) -> None:
-    result = check(exercise_id, fn)
-    assert result.status == PASS, result.message
-    assert result.score == result.max_score
-
-
-def assert_fails(exercise_id: str, fn: object, hint: str | None = None) -> CheckResult:
-    result = check(exercise_id, fn)
-    assert result.status == FAIL, f"a wrong answer passed {exercise_id}"
-    assert result.score < result.max_score
-    assert "Traceback" not in result.message
-    if hint is not None:
-        assert f"hint: {hint}" in result.message, result.message
-    return result
 
 
 # --- transfer_metrics: correct answers ----------------------------------------------------------
