@@ -1,6 +1,6 @@
 """Benchmark: the reference DQN against stable-baselines3 on CartPole-v1, side by side.
 
-Quality bars (issue 3): with 50,000 environment steps per seed and 5 seeds, every seed first
+Quality bars: with 50,000 environment steps per seed and 5 seeds, every seed first
 reaches a greedy evaluation mean >= 475 (10 episodes), and the *final* policy averages >= 475
 over 20 episodes in at least 4 of 5 seeds; at most a quarter of SB3's wall time per seed, and 5
 seeds together faster than SB3's one.
@@ -8,15 +8,17 @@ seeds together faster than SB3's one.
 SB3 runs ``DQN`` with the rl-baselines3-zoo CartPole-v1 hyperparameters. Both agents are
 evaluated with the same function (:func:`course.evaluation.evaluate_policy`, greedy, on
 gymnasium's vector CartPole), every 2,500 steps with 10 episodes and at the end with 20 episodes
-on seeds no training run uses. SB3's times exclude the time spent in those evaluations; ours
-include its in-training evaluations (so the comparison is conservative for us). Both wall and
-CPU (process) time are printed: on a shared machine the CPU time is the steadier figure.
+on seeds no training run uses. Both agents' times exclude the time spent in those evaluations
+(ours: ``DQNResult.eval_time``; evaluation is single-threaded, so its wall time is also its CPU
+time). Both wall and CPU (process) time are printed: on a shared machine the CPU time is the
+steadier figure. Run it on an otherwise idle machine: a second busy process on the next core
+slowed ours by a third (shared memory bandwidth).
 
 Usage::
 
     .venv/bin/python benchmarks/bench_dqn.py                # full: 5 seeds, ours and SB3
     .venv/bin/python benchmarks/bench_dqn.py --quick        # 2 seeds, no SB3
-    .venv/bin/python benchmarks/bench_dqn.py --preset notebook --skip-sb3
+    .venv/bin/python benchmarks/bench_dqn.py --skip-sb3 --set "hidden=(512,)"   # another config
 
 stable-baselines3 is a benchmark-only dependency (``pip install stable-baselines3``).
 
@@ -38,18 +40,27 @@ unless said otherwise):
   solving); every 16: diverges (5/5 at 9); every 64: final 3/5; 32 growing to 256 over
   training: final 3/5 with (512,), 4/5 with (128, 128); lr decaying over 60% of training:
   final 2/5.
+- (512,) with target every 128 (the previous default), seeds 0-4: first 4/5 (seed 2 never),
+  final 4/5; the same with batch 64: first 3/5, final 1/5; with 0.25 updates per step and
+  target every 64: first 2/5, final 2/5 (batch 256: 4/5, 3/5).
+- (256,), target every 128: first 3/5, final 3/5; every 64: first 5/5, final 4/5 (seeds 0-4)
+  and 5/5, 3/5 (seeds 5-9); every 64 growing to 256: 2/5, 2/5 and 3/5, 3/5 (slower target
+  updates delay the first solution); every 64 with the lr reaching 0 at 80% of training:
+  first 5/5, final 4/5 (seeds 0-4) and 5/5, 5/5 (seeds 5-9): the default. A (256,) layer
+  moves half the data of a (512,) one per update, which is most of the cost on a CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import time
 
 import numpy as np
 import torch
 
-from course.dqn import NOTEBOOK_CONFIG, DQNConfig, cartpole_vec, evaluate, train_dqn
+from course.dqn import DQNConfig, cartpole_vec, evaluate, train_dqn
 from course.evaluation import evaluate_policy
 
 SOLVED = 475.0
@@ -57,10 +68,6 @@ EVAL_EVERY = 2_500
 FINAL_EPISODES = 20
 FINAL_SEED = 10**6  # final evaluation seeds: FINAL_SEED + seed, used by no training run
 
-PRESETS = {
-    "default": DQNConfig(),
-    "notebook": NOTEBOOK_CONFIG,  # Lesson 03's notebook: 5 seeds in roughly 10-20 s
-}
 
 ZOO = dict(  # rl-baselines3-zoo hyperparams/dqn.yml, CartPole-v1
     learning_rate=2.3e-3,
@@ -85,7 +92,7 @@ def first_solved(steps: list[int], means: list[float]) -> int | None:
 def run_ours(config: DQNConfig, seeds: list[int]) -> tuple[list[dict], float, float]:
     cpu_start = time.process_time()
     result = train_dqn(config, seeds=seeds, device="cpu")
-    cpu = time.process_time() - cpu_start
+    cpu = time.process_time() - cpu_start - result.eval_time
     rows = []
     for a, seed in enumerate(seeds):
         final = evaluate(result.network(a), n_episodes=FINAL_EPISODES, seed=FINAL_SEED + seed)
@@ -98,7 +105,7 @@ def run_ours(config: DQNConfig, seeds: list[int]) -> tuple[list[dict], float, fl
                 curve=means,
             )
         )
-    return rows, result.wall_time, cpu
+    return rows, result.wall_time - result.eval_time, cpu
 
 
 def run_sb3(seed: int, total_steps: int) -> tuple[dict, float, float]:
@@ -167,7 +174,13 @@ def summary(rows: list[dict]) -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a DQNConfig field (a Python literal), e.g. --set 'hidden=(512,)'",
+    )
     parser.add_argument("--steps", type=int, default=None, help="override total_steps")
     parser.add_argument("--quick", action="store_true", help="seeds 0 1, no SB3, no solo run")
     parser.add_argument("--skip-sb3", action="store_true", help="do not run stable-baselines3")
@@ -177,13 +190,17 @@ def main() -> None:
     if args.quick:
         args.seeds, args.skip_sb3, args.skip_solo = [0, 1], True, True
     torch.set_num_threads(1)
-    config = PRESETS[args.preset]
+    overrides = {}
+    for item in args.set:
+        field, _, value = item.partition("=")
+        overrides[field.strip()] = ast.literal_eval(value.strip())
+    config = dataclasses.replace(DQNConfig(), **overrides)
     if args.steps is not None:
         config = dataclasses.replace(config, total_steps=args.steps)
     n = len(args.seeds)
     print(
         f"CartPole-v1, {config.total_steps} env steps per seed, seeds {args.seeds}, "
-        f"preset {args.preset!r}, torch threads {torch.get_num_threads()}"
+        f"overrides {overrides or 'none'}, torch threads {torch.get_num_threads()}"
     )
     print(f"config: {config}")
     print(

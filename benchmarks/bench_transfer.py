@@ -1,9 +1,12 @@
 """Benchmark: transfer by fine-tuning on the CartPole family (the figures Lesson 05 quotes).
 
 Pretrains one source agent on default CartPole (:data:`course.transfer.SOURCE_CONFIG`), saves it
-as a checkpoint, then runs :func:`course.transfer.compare_strategies` on the lesson's targets
+as a checkpoint, pretrains a multi-task source (Lesson 04's multi-head agent on default and
+mirrored CartPole, :data:`course.transfer.MULTITASK_SOURCE_CONFIG`, the same total source steps),
+then runs :func:`course.transfer.compare_strategies` on the lesson's targets
 (pole length 1.0: near; 2.0: far; cart mass 3.0: a control the source solves zero-shot) with every
-strategy over several seeds, and prints every transfer metric with its 95% bootstrap interval
+strategy (``"multitask"``: full fine-tuning from the multi-task agent's trunk and default-task
+head) over several seeds, and prints every transfer metric with its 95% bootstrap interval
 (resampling seeds), against the plain scratch arm and against the scratch arm that explores like
 the fine-tuned ones.
 
@@ -25,16 +28,20 @@ from pathlib import Path
 
 import torch
 
-from course.dqn import evaluate
+from course.dqn import QNetwork, evaluate
 from course.envs import CARTPOLE_TASKS, make_cartpole_vec
 from course.transfer import (
+    ARMS,
     FINETUNE_CONFIG,
     LESSON_TARGETS,
+    MULTITASK_SOURCE_CONFIG,
     SCRATCH_CONFIG,
     SOURCE_CONFIG,
     compare_strategies,
     format_comparison,
     load_checkpoint,
+    multitask_source_state,
+    pretrain_multitask_source,
     pretrain_source,
     save_checkpoint,
 )
@@ -62,13 +69,17 @@ def main() -> None:
         path = args.source
     checkpoint = load_checkpoint(path, expected_config=FINETUNE_CONFIG)
     source_net = checkpoint.network()
-    zero_shot = {
-        name: evaluate(source_net, lambda n, t=task: make_cartpole_vec([t], n), 20, seed=10**6)
-        for name, task in {"source (default)": CARTPOLE_TASKS["default"], **LESSON_TARGETS}.items()
-    }
-    print("zero-shot return of the source policy (20 episodes):")
-    for name, returns in zero_shot.items():
-        print(f"  {name:<20} {returns.mean().item():6.1f}")
+    multitask_net = pretrain_multitask_source(MULTITASK_SOURCE_CONFIG, seed=args.source_seed)
+    multitask_state = multitask_source_state(multitask_net, head=0)  # the default task's head
+    multitask_policy = QNetwork(source_net.obs_dim, source_net.n_actions, source_net.hidden)
+    multitask_policy.load_state_dict(multitask_state)
+    print("zero-shot return of the source policies (20 episodes): single-task, multi-task")
+    for name, task in {"source (default)": CARTPOLE_TASKS["default"], **LESSON_TARGETS}.items():
+        returns = [
+            evaluate(net, lambda n, t=task: make_cartpole_vec([t], n), 20, seed=10**6).mean()
+            for net in (source_net, multitask_policy)
+        ]
+        print(f"  {name:<20} {returns[0].item():6.1f} {returns[1].item():6.1f}")
 
     comparison = compare_strategies(
         checkpoint.state_dict,
@@ -76,7 +87,9 @@ def main() -> None:
         seeds=range(args.seeds),
         config=FINETUNE_CONFIG,
         scratch_config=SCRATCH_CONFIG,
+        strategies=ARMS,
         source_steps=checkpoint.config.total_steps,
+        multitask_state=multitask_state,
         device="cpu",
     )
     print(f"\nfine-tuning comparison in {comparison.wall_time:.1f} s")

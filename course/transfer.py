@@ -14,7 +14,10 @@ Taught in Lesson 05. The pieces, in the order the lesson meets them:
 - :func:`compare_strategies`: the whole experiment of the lesson (and of
   ``benchmarks/bench_transfer.py``): every strategy on every target task, several seeds, built on
   :func:`course.dqn.train_dqn`, with a scratch arm that uses the fine-tuned arms' exploration
-  schedule so that exploration is not mistaken for transfer.
+  schedule so that exploration is not mistaken for transfer;
+- :func:`pretrain_multitask_source` / :func:`multitask_source_state`: Lesson 04's multi-task
+  agent as another starting point (its shared trunk and one task's head), on the same
+  source-step budget as the single-task source.
 """
 
 from __future__ import annotations
@@ -34,10 +37,14 @@ from torch import nn
 from course.dqn import DQNConfig, DQNResult, QNetwork, train_dqn
 from course.envs import CARTPOLE_TASKS, CartPoleTask, make_cartpole_vec
 from course.evaluation import ConfidenceInterval, curve_ci
+from course.multitask import MultiHeadQNetwork, MultiTaskConfig, train_multitask_dqn
 
 __all__ = [
+    "ARMS",
     "FINETUNE_CONFIG",
     "LESSON_TARGETS",
+    "MULTITASK_SOURCE_CONFIG",
+    "MULTITASK_SOURCE_TASKS",
     "SCRATCH_CONFIG",
     "SOURCE_CONFIG",
     "STRATEGIES",
@@ -49,7 +56,9 @@ __all__ = [
     "l2sp_penalty",
     "l2sp_regularizer",
     "load_checkpoint",
+    "multitask_source_state",
     "prepare_finetune",
+    "pretrain_multitask_source",
     "pretrain_source",
     "save_checkpoint",
     "transfer_metrics",
@@ -335,8 +344,12 @@ def l2sp_regularizer(
 # --- preparing a pretrained network for fine-tuning -------------------------------------------
 
 STRATEGIES: tuple[str, ...] = ("scratch", "scratch_same_eps", "full", "freeze_trunk", "l2sp")
-"""The arms of :func:`compare_strategies`. ``"scratch_same_eps"`` is a from-scratch agent that
-explores like the fine-tuned ones (the control for the exploration confound)."""
+"""The default arms of :func:`compare_strategies`. ``"scratch_same_eps"`` is a from-scratch
+agent that explores like the fine-tuned ones (the control for the exploration confound).
+:func:`compare_strategies` also knows ``"multitask"``, which needs a multi-task starting point."""
+
+ARMS: tuple[str, ...] = (*STRATEGIES, "multitask")
+"""Every arm :func:`compare_strategies` can run."""
 
 FINETUNE_STRATEGIES: tuple[str, ...] = ("scratch", "full", "freeze_trunk", "l2sp")
 """The strategies :func:`prepare_finetune` knows."""
@@ -571,6 +584,7 @@ SOURCE_CONFIG = DQNConfig(
     hidden=(64, 64),
     lr=1e-3,
     lr_end=0.0,
+    lr_decay_fraction=1.0,
     buffer_size=20_000,
     batch_size=64,
     learning_starts=1_000,
@@ -629,6 +643,85 @@ def pretrain_source(
         The :class:`course.dqn.DQNResult`; ``result.states[0]`` are the source weights.
     """
     return train_dqn(config, [seed], _cartpole_env(task), device=device, progress=progress)
+
+
+MULTITASK_SOURCE_TASKS: tuple[CartPoleTask, ...] = (
+    CARTPOLE_TASKS["default"],
+    CARTPOLE_TASKS["mirrored"],
+)
+"""The multi-task source: Lesson 04's CartPole pair, the default task and its mirrored twin."""
+
+MULTITASK_SOURCE_CONFIG = MultiTaskConfig(
+    steps_per_task=SOURCE_CONFIG.total_steps // len(MULTITASK_SOURCE_TASKS),
+    envs_per_task=SOURCE_CONFIG.num_envs // len(MULTITASK_SOURCE_TASKS),
+    hidden=SOURCE_CONFIG.hidden,
+    lr=SOURCE_CONFIG.lr,
+    lr_end_fraction=0.0,
+    gamma=SOURCE_CONFIG.gamma,
+    buffer_size=SOURCE_CONFIG.buffer_size,
+    batch_size=SOURCE_CONFIG.batch_size,
+    learning_starts=SOURCE_CONFIG.learning_starts,
+    updates_per_step=SOURCE_CONFIG.updates_per_step,
+    target_update_interval=SOURCE_CONFIG.target_update_interval,
+    eps_end=SOURCE_CONFIG.eps_end,
+    exploration_fraction=SOURCE_CONFIG.exploration_fraction,
+    eval_every=SOURCE_CONFIG.eval_every // len(MULTITASK_SOURCE_TASKS),
+    eval_episodes=SOURCE_CONFIG.eval_episodes,
+)
+"""Pretraining of the multi-task source: :data:`SOURCE_CONFIG`'s network, hyperparameters and
+total budget (its 20,000 steps split between the two tasks, its 4 envs too), so that the
+single-task and the multi-task starting points cost the same number of source steps."""
+
+
+def pretrain_multitask_source(
+    config: MultiTaskConfig = MULTITASK_SOURCE_CONFIG,
+    seed: int = 0,
+    tasks: Sequence[CartPoleTask] = MULTITASK_SOURCE_TASKS,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> MultiHeadQNetwork:
+    """Train the multi-task source: one multi-head DQN (Lesson 04) on ``tasks``.
+
+    Args:
+        config: Hyperparameters (``architecture`` must be ``"heads"``).
+        seed: Seed of the agent.
+        tasks: Source tasks; head ``k`` answers ``tasks[k]``.
+        device: Torch device.
+        progress: Show a progress bar.
+
+    Returns:
+        The trained :class:`course.multitask.MultiHeadQNetwork` (on the CPU).
+    """
+    if config.architecture != "heads":
+        raise ValueError(f"architecture is {config.architecture!r}; the source needs 'heads'")
+    result = train_multitask_dqn([list(tasks)], [seed], config, device=device, progress=progress)
+    return result.network.agent(0)
+
+
+def multitask_source_state(network: MultiHeadQNetwork, head: int = 0) -> dict[str, torch.Tensor]:
+    """A multi-head network as a single-task :class:`course.dqn.QNetwork` state dict.
+
+    The shared trunk is kept as it is and head ``head`` becomes the network's only head: the
+    multi-task agent's policy for that task, ready for :func:`compare_strategies`.
+
+    Args:
+        network: A trained :class:`course.multitask.MultiHeadQNetwork`.
+        head: Which task's head to keep (the task most related to the targets).
+
+    Returns:
+        ``{"trunk.0.weight": ..., "head.weight": ..., "head.bias": ...}`` (copies).
+
+    Raises:
+        ValueError: If ``head`` is not one of the network's heads.
+    """
+    if not 0 <= head < network.n_tasks:
+        raise ValueError(f"head {head} does not exist; the network has {network.n_tasks} heads")
+    state = {k: v.detach().clone() for k, v in network.trunk.state_dict().items()}
+    state = {f"trunk.{k}": v for k, v in state.items()}
+    chosen = network.heads[head]
+    state["head.weight"] = chosen.weight.detach().clone()
+    state["head.bias"] = chosen.bias.detach().clone()
+    return state
 
 
 @dataclass
@@ -702,7 +795,7 @@ def _fresh_state(template: Mapping[str, torch.Tensor], strategy: str, seed: int)
     obs_dim, n_actions, hidden = _network_sizes(template)
     net = QNetwork(obs_dim, n_actions, hidden)
     net.load_state_dict(dict(template))
-    kind = "scratch" if strategy.startswith("scratch") else strategy
+    kind = {"scratch_same_eps": "scratch", "multitask": "full"}.get(strategy, strategy)
     generator = torch.Generator().manual_seed(
         int(np.random.SeedSequence([seed, 5]).generate_state(1)[0])
     )
@@ -719,6 +812,7 @@ def compare_strategies(
     scratch_config: DQNConfig = SCRATCH_CONFIG,
     l2sp_alpha: float = L2SP_ALPHA,
     source_steps: int = 0,
+    multitask_state: Mapping[str, torch.Tensor] | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
 ) -> ComparisonResult:
@@ -733,7 +827,10 @@ def compare_strategies(
     - ``"full"``: the source weights, all trained, with ``config``;
     - ``"freeze_trunk"``: the source trunk, frozen, and a fresh head, with ``config``;
     - ``"l2sp"``: the source weights, all trained, with ``config`` plus the L2-SP penalty
-      toward the source weights (``l2sp_alpha``; the head is excluded).
+      toward the source weights (``l2sp_alpha``; the head is excluded);
+    - ``"multitask"``: ``multitask_state`` (a multi-task agent's trunk and one head, see
+      :func:`multitask_source_state`), all trained, with ``config``: full fine-tuning from
+      another starting point.
 
     Seed ``s`` gives the same fresh weights (scratch arms) and the same fresh head to every
     target, and the same environment and exploration random streams to every arm (common random
@@ -743,7 +840,7 @@ def compare_strategies(
     Args:
         source_state: The pretrained :class:`course.dqn.QNetwork` state dict.
         targets: Target tasks by name.
-        strategies: Arms to run (any of :data:`STRATEGIES`).
+        strategies: Arms to run (any of :data:`ARMS`).
         seeds: Seeds; each arm runs every seed on every target.
         config: Fine-tuning configuration (also ``"scratch_same_eps"``).
         scratch_config: Configuration of ``"scratch"``; same budget and evaluation grid as
@@ -751,6 +848,8 @@ def compare_strategies(
         l2sp_alpha: Strength of the L2-SP penalty.
         source_steps: Environment steps spent pretraining, recorded in the result so that a
             report can say whether they are counted.
+        multitask_state: Starting weights of the ``"multitask"`` arm; same sizes as
+            ``source_state``.
         device: Torch device.
         progress: Show progress bars.
 
@@ -758,17 +857,28 @@ def compare_strategies(
         A :class:`ComparisonResult`.
 
     Raises:
-        ValueError: For an unknown strategy, or configs with different budgets or grids.
+        ValueError: For an unknown strategy, a ``"multitask"`` arm without (or with a
+            mismatched) ``multitask_state``, or configs with different budgets or grids.
     """
     start = time.perf_counter()
-    unknown = [s for s in strategies if s not in STRATEGIES]
+    unknown = [s for s in strategies if s not in ARMS]
     if unknown:
-        raise ValueError(f"unknown strategies {unknown}; use some of {list(STRATEGIES)}")
+        raise ValueError(f"unknown strategies {unknown}; use some of {list(ARMS)}")
+    if "multitask" in strategies:
+        if multitask_state is None:
+            raise ValueError("the 'multitask' arm needs multitask_state (multitask_source_state)")
+        if _network_sizes(multitask_state) != _network_sizes(source_state):
+            raise ValueError(
+                f"multitask_state has sizes {_network_sizes(multitask_state)} but the source "
+                f"has {_network_sizes(source_state)}; pretrain both with the same hidden sizes"
+            )
     grid = ("total_steps", "num_envs", "eval_every", "hidden")
     if any(getattr(config, f) != getattr(scratch_config, f) for f in grid):
         raise ValueError(f"config and scratch_config must agree on {', '.join(grid)}")
     seeds = tuple(int(s) for s in seeds)
-    source = {k: v.detach().cpu() for k, v in source_state.items()}
+    starts = {"source": source_state, "multitask": multitask_state or source_state}
+    starts = {name: {k: v.detach().cpu() for k, v in st.items()} for name, st in starts.items()}
+    source = starts["source"]
 
     # one train_dqn call per (config, frozen prefixes); agents listed as (target, strategy, seed)
     groups: dict[tuple[str, tuple[str, ...]], list[tuple[str, str, int]]] = {}
@@ -785,7 +895,10 @@ def compare_strategies(
     steps = torch.empty(0)
     for (kind, freeze), agents in groups.items():
         cfg = scratch_config if kind == "scratch" else config
-        states = [_fresh_state(source, strategy, seed) for _, strategy, seed in agents]
+        states = [
+            _fresh_state(starts["multitask" if s == "multitask" else "source"], s, seed)
+            for _, s, seed in agents
+        ]
         if cfg.num_envs != cfg.eval_episodes:
             batches = [agents]
         else:  # the env factory cannot verify the order: one target per call

@@ -14,6 +14,7 @@ from course.dqn import (
     DQNConfig,
     PopulationQNetwork,
     QNetwork,
+    _PopulationMLP,
     double_td_target,
     dqn_loss,
     epsilon_greedy,
@@ -228,6 +229,39 @@ def test_population_network_agents_match_plain_qnetworks():
     assert torch.equal(alone.weights[0][0], pop.weights[0][2])
 
 
+@pytest.mark.parametrize("hidden", [(), (6,), (9, 5)])
+def test_population_network_gradients_are_exact(hidden):
+    pop = PopulationQNetwork(2, 4, 3, hidden, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    pop = pop.double()
+    obs = torch.randn(2, 5, 4, dtype=torch.float64)
+    params = [t for pair in zip(pop.weights, pop.biases, strict=True) for t in pair]
+    # the hand-written backward against finite differences (inputs included, for completeness)
+    assert torch.autograd.gradcheck(
+        lambda x, *p: _PopulationMLP.apply(x, *p), (obs.requires_grad_(), *params)
+    )
+    # ... and against autograd through the plain layer-by-layer computation
+    weights = torch.randn(2, 5, 3, dtype=torch.float64)
+    (pop(obs.detach()) * weights).sum().backward()
+    x = obs.detach()
+    for layer, (w, b) in enumerate(zip(pop.weights, pop.biases, strict=True)):
+        x = torch.baddbmm(b, x, w.transpose(1, 2))
+        x = x.relu() if layer < len(hidden) else x
+    expected = torch.autograd.grad((x * weights).sum(), params)
+    for p, e in zip(params, expected, strict=True):
+        torch.testing.assert_close(p.grad, e)
+
+
+def test_population_network_frozen_layers_get_no_gradient():
+    pop = PopulationQNetwork(2, 4, 2, (8,))
+    pop.weights[0].requires_grad_(False)
+    pop.biases[0].requires_grad_(False)
+    pop(torch.randn(2, 3, 4)).sum().backward()
+    assert pop.weights[0].grad is None and pop.biases[0].grad is None
+    assert pop.weights[1].grad is not None and pop.biases[1].grad is not None
+    with torch.no_grad():
+        assert not pop(torch.randn(2, 3, 4)).requires_grad
+
+
 # --- trainer ---------------------------------------------------------------------------------
 
 
@@ -268,6 +302,7 @@ def test_result_networks_and_evaluate():
     returns = evaluate(net, n_episodes=3, seed=5)
     assert returns.shape == (3,) and (returns >= 8).all()
     assert torch.equal(returns, evaluate(net, n_episodes=3, seed=5))
+    assert 0 < result.eval_time < result.wall_time  # 3 evaluations, part of the whole
 
 
 def test_init_state_and_freeze():

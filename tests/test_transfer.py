@@ -12,8 +12,10 @@ from torch import nn
 
 from course.dqn import DQNConfig, PopulationQNetwork, QNetwork
 from course.envs import CARTPOLE_TASKS
+from course.multitask import MultiHeadQNetwork
 from course.transfer import (
     METRIC_NAMES,
+    MULTITASK_SOURCE_CONFIG,
     ComparisonResult,
     TransferMetrics,
     _metrics_batch,
@@ -22,7 +24,9 @@ from course.transfer import (
     l2sp_penalty,
     l2sp_regularizer,
     load_checkpoint,
+    multitask_source_state,
     prepare_finetune,
+    pretrain_multitask_source,
     save_checkpoint,
     transfer_metrics,
     transfer_metrics_ci,
@@ -343,3 +347,59 @@ def test_comparison_refuses_mismatched_grids_and_unknown_strategies():
         )
     with pytest.raises(ValueError, match="unknown strategies"):
         compare_strategies(source, TARGETS, ["full", "frozen"], config=TINY_FT, scratch_config=TINY)
+
+
+# --- the multi-task starting point ---------------------------------------------------------------
+
+
+def test_multitask_state_keeps_the_trunk_and_the_chosen_head():
+    torch.manual_seed(0)
+    net = MultiHeadQNetwork(obs_dim=4, n_actions=2, n_tasks=3, hidden=(8, 8))
+    state = multitask_source_state(net, head=2)
+    single = QNetwork(4, 2, (8, 8))
+    single.load_state_dict(state)  # the names and shapes of a QNetwork
+    obs = torch.randn(10, 4)
+    expected = net(obs, torch.full((10,), 2))
+    torch.testing.assert_close(single(obs), expected)
+    assert not torch.allclose(single(obs), net(obs, torch.zeros(10, dtype=torch.long)))
+    state["head.weight"].zero_()  # a copy: the multi-task network is untouched
+    assert net.heads[2].weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="has 3 heads"):
+        multitask_source_state(net, head=3)
+
+
+def test_pretrained_multitask_source_has_one_head_per_task():
+    config = dataclasses.replace(
+        MULTITASK_SOURCE_CONFIG, steps_per_task=200, learning_starts=100, eval_every=100
+    )
+    net = pretrain_multitask_source(config, seed=0, device="cpu")
+    assert isinstance(net, MultiHeadQNetwork) and net.n_tasks == 2
+    assert net.hidden == MULTITASK_SOURCE_CONFIG.hidden
+    again = pretrain_multitask_source(config, seed=0, device="cpu")
+    for a, b in zip(net.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="needs 'heads'"):
+        pretrain_multitask_source(dataclasses.replace(config, architecture="shared"))
+
+
+def test_multitask_arm_is_full_finetuning_from_its_own_start():
+    source = _net(hidden=(8,), obs_dim=4).state_dict()
+    run = dict(seeds=(0,), config=TINY_FT, scratch_config=TINY, device="cpu")
+    same = compare_strategies(source, TARGETS, ["full", "multitask"], multitask_state=source, **run)
+    for target in TARGETS:  # the same start, seeds and config: the same curves as "full"
+        assert torch.equal(same.curves[target]["multitask"], same.curves[target]["full"])
+    other = _net(seed=1, hidden=(8,), obs_dim=4).state_dict()
+    from_other = compare_strategies(source, TARGETS, ["multitask"], multitask_state=other, **run)
+    as_source = compare_strategies(other, TARGETS, ["full"], **run)
+    for target in TARGETS:  # it starts from multitask_state, not from the source
+        assert torch.equal(from_other.curves[target]["multitask"], as_source.curves[target]["full"])
+
+
+def test_multitask_arm_needs_a_matching_state():
+    source = QNetwork(4, 2, (8,)).state_dict()
+    run = dict(config=TINY_FT, scratch_config=TINY)
+    with pytest.raises(ValueError, match="needs multitask_state"):
+        compare_strategies(source, TARGETS, ["multitask"], **run)
+    wider = QNetwork(4, 2, (16,)).state_dict()
+    with pytest.raises(ValueError, match="same hidden sizes"):
+        compare_strategies(source, TARGETS, ["multitask"], multitask_state=wider, **run)
