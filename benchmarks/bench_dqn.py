@@ -12,7 +12,9 @@ on seeds no training run uses. Both agents' times exclude the time spent in thos
 (ours: ``DQNResult.eval_time``; evaluation is single-threaded, so its wall time is also its CPU
 time). Both wall and CPU (process) time are printed: on a shared machine the CPU time is the
 steadier figure. Run it on an otherwise idle machine: a second busy process on the next core
-slowed ours by a third (shared memory bandwidth).
+slowed ours by a third (shared memory bandwidth). On a shared virtual machine the speed also
+drifts by tens of percent over minutes, so ours is timed before and after SB3's runs and the
+ratios use the mean of the two.
 
 Usage::
 
@@ -242,6 +244,17 @@ def main() -> None:
             print(f"  curve seed {row['seed']}: " + " ".join(f"{m:.0f}" for m in row["curve"]))
     sb3_first, sb3_final = summary(sb3_rows)
     sb3_wall, sb3_cpu = float(np.mean(sb3_walls)), float(np.mean(sb3_cpus))
+    # the machine's speed drifts over minutes: time ours again after SB3 and use the mean of
+    # the two timings, which bracket SB3's
+    again, wall_after, cpu_after = run_ours(config, args.seeds)
+    if [r["curve"] for r in again] != [r["curve"] for r in rows]:
+        raise RuntimeError("the second run of ours differs from the first: not deterministic")
+    print(
+        f"ours again (same results): wall {wall_after:.1f} s, cpu {cpu_after:.1f} s; "
+        f"mean of the two runs: wall {(wall + wall_after) / 2:.1f} s, "
+        f"cpu {(cpu + cpu_after) / 2:.1f} s"
+    )
+    wall, cpu = (wall + wall_after) / 2, (cpu + cpu_after) / 2
     print(
         f"sb3: first>=475 in {sb3_first}/{n} seeds, final>=475 in {sb3_final}/{n}; "
         f"per seed (mean of {n}): wall {sb3_wall:.1f} s, cpu {sb3_cpu:.1f} s"

@@ -405,7 +405,8 @@ class _PopulationMLP(torch.autograd.Function):
             if ctx.needs_input_grad[2 + 2 * layer]:
                 grads[2 * layer + 1] = g.sum(1, keepdim=True)
             if layer > 0:  # through the layer, then through the ReLU that made x (x > 0)
-                g = torch.ops.aten.threshold_backward(torch.bmm(g, w), x, 0.0)
+                g = torch.bmm(g, w)
+                torch.ops.aten.threshold_backward.grad_input(g, x, 0.0, grad_input=g)
         grad_obs = torch.bmm(g, weights[0]) if ctx.needs_input_grad[0] else None
         return (grad_obs, *grads)
 

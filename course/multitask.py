@@ -728,25 +728,6 @@ class MultiTaskResult:
         return self.scores[:, -1]
 
 
-class _TaskReplay(PopulationReplay):
-    """:class:`course.replay.PopulationReplay` that also stores each transition's task id."""
-
-    def add_tasks(
-        self,
-        obs: torch.Tensor,
-        actions: torch.Tensor,
-        rewards: torch.Tensor,
-        next_obs: torch.Tensor,
-        terminated: torch.Tensor,
-        valid: torch.Tensor,
-        tasks: torch.Tensor,
-    ) -> None:
-        rank = valid.cumsum(1) - 1
-        slots = ((self.cursor.unsqueeze(1) + rank) % self.capacity + self._offset)[valid]
-        self.add(obs, actions, rewards, next_obs, terminated, valid)
-        self.storage.tasks.view(-1)[slots] = tasks[valid]
-
-
 def _derive_seed(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed, 4, *keys]).generate_state(1)[0])
 
@@ -871,7 +852,7 @@ def train_multitask_dqn(
     optimizer = torch.optim.Adam(groups, fused=device.type in ("cpu", "cuda"))
     shared = q_net.shared_parameters()
     heads = [q_net.task_parameters(k) for k in range(n_heads)]
-    replay = _TaskReplay(N, cfg.buffer_size, (raw_dim,), device)
+    replay = PopulationReplay(N, cfg.buffer_size, (raw_dim,), device)
     lam_dev = run_lams.float().to(device)
 
     def inputs(obs: torch.Tensor, tasks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1020,7 +1001,7 @@ def train_multitask_dqn(
         actions = torch.stack([epsilon_greedy(q[a], epsilon, gens[_ACT][a]) for a in range(N)])
         next_obs_np, rewards, terminated, truncated, _ = env.step(actions.view(-1).numpy())
         valid = ~prev_done
-        replay.add_tasks(
+        replay.add(
             obs.to(device),
             actions.to(device),
             torch.as_tensor(rewards, dtype=torch.float32).view(N, -1).to(device),
