@@ -218,3 +218,21 @@ def test_population_replay_empty_agent_raises():
     pop = PopulationReplay(2, 4, (1,))
     with pytest.raises(ValueError, match="empty"):
         pop.sample(torch.rand(2, 3))
+
+
+def test_population_replay_keeps_fields_and_dtypes_through_its_rows():
+    pop = PopulationReplay(2, 4, (2, 3))
+    obs = torch.randn(2, 3, 2, 3)
+    actions = torch.tensor([[0, 7, 2], [5, 1, 3]])
+    tasks = torch.tensor([[2, 0, 1], [1, 1, 0]])
+    terminated = torch.tensor([[True, False, True], [False, False, True]])
+    rewards = torch.randn(2, 3)
+    pop.add(obs, actions, rewards, obs * 2, terminated, torch.ones(2, 3, dtype=torch.bool), tasks)
+    # the slots of the first three transitions, in order: uniform draws in the first 3/3
+    batch = pop.sample(torch.tensor([[0.1, 0.4, 0.7], [0.1, 0.4, 0.7]]))
+    assert batch.obs.shape == (2, 3, 2, 3) and torch.equal(batch.obs, obs)
+    assert torch.equal(batch.next_obs, obs * 2) and torch.equal(batch.rewards, rewards)
+    assert batch.actions.dtype == torch.int64 and torch.equal(batch.actions, actions)
+    assert batch.tasks.dtype == torch.int64 and torch.equal(batch.tasks, tasks)
+    assert batch.terminated.dtype == torch.bool and torch.equal(batch.terminated, terminated)
+    assert torch.equal(pop.storage.tasks[:, :3], tasks)  # the Batch view of the storage agrees
