@@ -28,8 +28,7 @@ from pathlib import Path
 
 import torch
 
-from course.dqn import QNetwork, evaluate
-from course.envs import CARTPOLE_TASKS, make_cartpole_vec
+from course.envs import CARTPOLE_TASKS
 from course.transfer import (
     ARMS,
     FINETUNE_CONFIG,
@@ -44,6 +43,7 @@ from course.transfer import (
     pretrain_multitask_source,
     pretrain_source,
     save_checkpoint,
+    zero_shot_returns,
 )
 
 
@@ -68,18 +68,14 @@ def main() -> None:
     else:
         path = args.source
     checkpoint = load_checkpoint(path, expected_config=FINETUNE_CONFIG)
-    source_net = checkpoint.network()
     multitask_net = pretrain_multitask_source(MULTITASK_SOURCE_CONFIG, seed=args.source_seed)
     multitask_state = multitask_source_state(multitask_net, head=0)  # the default task's head
-    multitask_policy = QNetwork(source_net.obs_dim, source_net.n_actions, source_net.hidden)
-    multitask_policy.load_state_dict(multitask_state)
+    tasks = {"source (default)": CARTPOLE_TASKS["default"], **LESSON_TARGETS}
+    single = zero_shot_returns(checkpoint.state_dict, tasks)
+    multi = zero_shot_returns(multitask_state, tasks)
     print("zero-shot return of the source policies (20 episodes): single-task, multi-task")
-    for name, task in {"source (default)": CARTPOLE_TASKS["default"], **LESSON_TARGETS}.items():
-        returns = [
-            evaluate(net, lambda n, t=task: make_cartpole_vec([t], n), 20, seed=10**6).mean()
-            for net in (source_net, multitask_policy)
-        ]
-        print(f"  {name:<20} {returns[0].item():6.1f} {returns[1].item():6.1f}")
+    for name in tasks:
+        print(f"  {name:<20} {single[name]:6.1f} {multi[name]:6.1f}")
 
     comparison = compare_strategies(
         checkpoint.state_dict,

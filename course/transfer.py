@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from course.dqn import DQNConfig, DQNResult, QNetwork, train_dqn
+from course.dqn import DQNConfig, DQNResult, QNetwork, evaluate, train_dqn
 from course.envs import CARTPOLE_TASKS, CartPoleTask, make_cartpole_vec
 from course.evaluation import ConfidenceInterval, curve_ci
 from course.multitask import MultiHeadQNetwork, MultiTaskConfig, train_multitask_dqn
@@ -63,6 +63,7 @@ __all__ = [
     "save_checkpoint",
     "transfer_metrics",
     "transfer_metrics_ci",
+    "zero_shot_returns",
 ]
 
 
@@ -623,6 +624,32 @@ def _cartpole_env(task: CartPoleTask) -> Callable[[int], Any]:
     return lambda num_envs: make_cartpole_vec([task], num_envs)
 
 
+def zero_shot_returns(
+    state: Mapping[str, torch.Tensor],
+    tasks: Mapping[str, CartPoleTask],
+    n_episodes: int = 20,
+    seed: int = 10**6,
+) -> dict[str, float]:
+    """Mean greedy return of a :class:`course.dqn.QNetwork` state dict on each task, untrained.
+
+    Args:
+        state: The network's weights.
+        tasks: Tasks by name.
+        n_episodes: Episodes per task.
+        seed: Reset seed of the episodes (the same start states on every task).
+
+    Returns:
+        ``{name: mean return}``.
+    """
+    obs_dim, n_actions, hidden = _network_sizes(state)
+    net = QNetwork(obs_dim, n_actions, hidden)
+    net.load_state_dict(dict(state))
+    return {
+        name: evaluate(net, _cartpole_env(task), n_episodes, seed).mean().item()
+        for name, task in tasks.items()
+    }
+
+
 def pretrain_source(
     config: DQNConfig = SOURCE_CONFIG,
     seed: int = 0,
@@ -766,6 +793,30 @@ class ComparisonResult:
     def band(self, target: str, strategy: str, seed: int = 0) -> tuple[np.ndarray, ...]:
         """``(mean, low, high)`` ``[T]`` of a strategy's curves, a 95% bootstrap band."""
         return curve_ci(self.curves[target][strategy], seed=seed)
+
+    def with_arms(self, other: ComparisonResult) -> ComparisonResult:
+        """This comparison plus the arms of ``other``, run later on the same grid.
+
+        Raises:
+            ValueError: If ``other`` has other targets, seeds, evaluation steps or source steps
+                (its curves would not be comparable), or an arm this comparison already has.
+        """
+        same = (
+            set(other.curves) == set(self.curves)
+            and other.seeds == self.seeds
+            and torch.equal(other.steps, self.steps)
+            and other.source_steps == self.source_steps
+        )
+        if not same:
+            raise ValueError(
+                "the two comparisons differ in targets, seeds, evaluation steps or source steps; "
+                "run the new arms with the same arguments"
+            )
+        twice = [(t, s) for t, arms in other.curves.items() for s in arms if s in self.curves[t]]
+        if twice:
+            raise ValueError(f"arms {twice} are in both comparisons; keep them in one")
+        curves = {t: {**arms, **other.curves[t]} for t, arms in self.curves.items()}
+        return dataclasses.replace(self, curves=curves, wall_time=self.wall_time + other.wall_time)
 
 
 class _AgentTaskEnvs:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from check_helpers import assert_fails, assert_passes
+from check_helpers import answer_tests, assert_fails, assert_passes, hint_coverage_test
 
 from course import mdp as ref
 from course.grading import check, exercise_ids
@@ -499,34 +499,13 @@ def test_library_reference_itself_is_refused(exercise_id):
     assert "library's own" in result.message
 
 
-@pytest.mark.parametrize(
-    ("exercise_id", "fn"), CORRECT, ids=[f"{e}-{f.__name__}" for e, f in CORRECT]
-)
-def test_correct_answers_pass(exercise_id, fn):
-    assert_passes(exercise_id, fn)
-
-
-@pytest.mark.parametrize(
-    ("exercise_id", "fn", "hint"), WRONG, ids=[f"{e}-{f.__name__}" for e, f, _ in WRONG]
-)
-def test_student_mistakes_fail(exercise_id, fn, hint):
-    assert_fails(exercise_id, fn, hint)
-
-
-@pytest.mark.parametrize(
-    ("exercise_id", "hint"),
-    [(e, h) for e in IDS for h in get_exercise(e).mistakes()],
-    ids=[f"{e}-{i}" for e in IDS for i, _ in enumerate(get_exercise(e).mistakes())],
-)
-def test_every_listed_mistake_fails_with_its_hint(exercise_id, hint):
-    assert_fails(exercise_id, get_exercise(exercise_id).mistakes()[hint], hint)
-
-
-def test_every_listed_hint_is_reached_by_a_student_written_mistake():
-    reached = {(e, h) for e, _, h in WRONG if h is not None}
-    for exercise_id in IDS:
-        for hint in get_exercise(exercise_id).mistakes():
-            assert (exercise_id, hint) in reached, (exercise_id, hint)
+(
+    test_correct_answers_pass,
+    test_correct_answers_pass_with_other_seeds,
+    test_student_mistakes_fail,
+    test_every_listed_mistake_fails_with_its_hint,
+) = answer_tests(IDS, CORRECT, WRONG)
+test_every_listed_hint_is_reached_by_a_student_written_mistake = hint_coverage_test(IDS, WRONG)
 
 
 def test_singular_solve_with_gamma_one_is_explained():

@@ -13,7 +13,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from check_helpers import assert_fails, assert_passes
+from check_helpers import answer_tests, assert_fails, assert_passes
 from torch import nn
 
 from course import multitask as ref
@@ -316,42 +316,18 @@ def test_library_reference_itself_is_refused(exercise_id):
     assert not result.passed and "library's own" in result.message
 
 
-@pytest.mark.parametrize(
-    ("exercise_id", "obj"), CORRECT, ids=[f"{e}-{o.__name__}" for e, o in CORRECT]
-)
-def test_correct_answers_pass(exercise_id, obj):
-    assert_passes(exercise_id, obj)
-
-
-@pytest.mark.parametrize("seed", [1, 2])
-def test_correct_answers_pass_with_other_seeds(seed):
-    for exercise_id, obj in CORRECT:
-        result = check(exercise_id, obj, seed=seed)
-        assert result.passed, (exercise_id, obj.__name__, result.message)
-
-
-@pytest.mark.parametrize(
-    ("exercise_id", "obj", "hint"), WRONG, ids=[f"{e}-{o.__name__}" for e, o, _ in WRONG]
-)
-def test_student_mistakes_fail(exercise_id, obj, hint):
-    assert_fails(exercise_id, obj, hint)
-
-
-def _as_student(exercise_id, wrong):
+def _as_student(exercise_id, mistake):
     if exercise_id == "multitask.pcgrad":  # the listed mistakes return every order's result
-        return lambda grads, generator=None: wrong(grads, generator)[0]
-    return wrong
+        return lambda grads, generator=None: mistake(grads, generator)[0]
+    return mistake
 
 
-@pytest.mark.parametrize(
-    ("exercise_id", "hint"),
-    [(e, h) for e in IDS for h in get_exercise(e).mistakes()],
-    ids=[f"{e}-{i}" for e in IDS for i, _ in enumerate(get_exercise(e).mistakes())],
-)
-def test_every_listed_mistake_fails_with_its_hint(exercise_id, hint):
-    assert_fails(
-        exercise_id, _as_student(exercise_id, get_exercise(exercise_id).mistakes()[hint]), hint
-    )
+(
+    test_correct_answers_pass,
+    test_correct_answers_pass_with_other_seeds,
+    test_student_mistakes_fail,
+    test_every_listed_mistake_fails_with_its_hint,
+) = answer_tests(IDS, CORRECT, WRONG, as_student=_as_student)
 
 
 def test_parts_of_the_class_score_separately():

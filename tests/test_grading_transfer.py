@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from check_helpers import assert_fails, assert_passes
+from check_helpers import answer_tests, assert_fails, assert_passes, hint_coverage_test
 from torch import nn
 
 from course import transfer as ref
@@ -443,41 +443,13 @@ def test_library_reference_itself_is_refused(exercise_id):
     assert not result.passed and "library's own" in result.message
 
 
-@pytest.mark.parametrize(
-    ("exercise_id", "fn"), CORRECT, ids=[f"{e}-{f.__name__}" for e, f in CORRECT]
-)
-def test_correct_answers_pass(exercise_id, fn):
-    assert_passes(exercise_id, fn)
-
-
-@pytest.mark.parametrize("seed", [1, 2])
-def test_correct_answers_pass_with_other_seeds(seed):
-    for exercise_id, fn in CORRECT:
-        result = check(exercise_id, fn, seed=seed)
-        assert result.passed, (exercise_id, fn.__name__, result.message)
-
-
-@pytest.mark.parametrize(
-    ("exercise_id", "fn", "hint"), WRONG, ids=[f"{e}-{f.__name__}" for e, f, _ in WRONG]
-)
-def test_student_mistakes_fail(exercise_id, fn, hint):
-    assert_fails(exercise_id, fn, hint)
-
-
-@pytest.mark.parametrize(
-    ("exercise_id", "hint"),
-    [(e, h) for e in IDS for h in get_exercise(e).mistakes()],
-    ids=[f"{e}-{i}" for e in IDS for i, _ in enumerate(get_exercise(e).mistakes())],
-)
-def test_every_listed_mistake_fails_with_its_hint(exercise_id, hint):
-    assert_fails(exercise_id, get_exercise(exercise_id).mistakes()[hint], hint)
-
-
-def test_every_listed_hint_is_reached_by_a_student_written_mistake():
-    reached = {(e, h) for e, _, h in WRONG if h is not None}
-    for exercise_id in IDS:
-        for hint in get_exercise(exercise_id).mistakes():
-            assert (exercise_id, hint) in reached, (exercise_id, hint)
+(
+    test_correct_answers_pass,
+    test_correct_answers_pass_with_other_seeds,
+    test_student_mistakes_fail,
+    test_every_listed_mistake_fails_with_its_hint,
+) = answer_tests(IDS, CORRECT, WRONG)
+test_every_listed_hint_is_reached_by_a_student_written_mistake = hint_coverage_test(IDS, WRONG)
 
 
 def test_metric_parts_score_separately():

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from course.dqn import DQNConfig, PopulationQNetwork, QNetwork
-from course.envs import CARTPOLE_TASKS
+from course.dqn import DQNConfig, PopulationQNetwork, QNetwork, evaluate
+from course.envs import CARTPOLE_TASKS, make_cartpole_vec
 from course.multitask import MultiHeadQNetwork
 from course.transfer import (
     METRIC_NAMES,
@@ -30,6 +30,7 @@ from course.transfer import (
     save_checkpoint,
     transfer_metrics,
     transfer_metrics_ci,
+    zero_shot_returns,
 )
 
 # --- transfer_metrics ---------------------------------------------------------------------------
@@ -403,3 +404,31 @@ def test_multitask_arm_needs_a_matching_state():
     wider = QNetwork(4, 2, (16,)).state_dict()
     with pytest.raises(ValueError, match="same hidden sizes"):
         compare_strategies(source, TARGETS, ["multitask"], multitask_state=wider, **run)
+
+
+def test_with_arms_adds_arms_run_later_on_the_same_grid():
+    source = _net(hidden=(8,), obs_dim=4).state_dict()
+    run = dict(seeds=(0,), config=TINY_FT, scratch_config=TINY, device="cpu")
+    first = compare_strategies(source, TARGETS, ["scratch", "full"], **run)
+    later = compare_strategies(source, TARGETS, ["multitask"], multitask_state=source, **run)
+    both = first.with_arms(later)
+    for target in TARGETS:
+        assert list(both.curves[target]) == ["scratch", "full", "multitask"]
+        assert torch.equal(both.curves[target]["multitask"], later.curves[target]["multitask"])
+        assert list(first.curves[target]) == ["scratch", "full"]  # a new result, not a mutation
+    with pytest.raises(ValueError, match="in both"):
+        both.with_arms(later)
+    other_seeds = compare_strategies(source, TARGETS, ["l2sp"], **{**run, "seeds": (1,)})
+    with pytest.raises(ValueError, match="differ"):
+        first.with_arms(other_seeds)
+
+
+def test_zero_shot_returns_evaluate_the_untrained_network_on_each_task():
+    state = _net(hidden=(8,), obs_dim=4).state_dict()
+    tasks = {"default": CARTPOLE_TASKS["default"], "far": CARTPOLE_TASKS["very_long_pole"]}
+    returns = zero_shot_returns(state, tasks, n_episodes=3, seed=7)
+    assert list(returns) == ["default", "far"]
+    net = QNetwork(4, 2, (8,))
+    net.load_state_dict(state)
+    make_env = lambda n: make_cartpole_vec([tasks["far"]], n)  # noqa: E731
+    assert returns["far"] == evaluate(net, make_env, 3, seed=7).mean().item()
