@@ -8,6 +8,11 @@ from collections.abc import Sequence
 
 from course import release as release_module
 
+# Everything ``course grade`` writes goes into one folder (ignored by git), never loose in the
+# folder it runs from.
+DEFAULT_OUT = "grades/grades.csv"
+DEFAULT_FEEDBACK = "grades/feedback"
+
 
 def _release(args: argparse.Namespace) -> int:
     try:
@@ -87,9 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         "student is the name of the folder holding it (submissions/<student>/01_mdps.ipynb).",
     )
     gra.add_argument("paths", nargs="+", metavar="PATH", help="notebooks or folders of them")
-    gra.add_argument("--out", default="grades.csv", help="CSV gradebook (default grades.csv)")
+    gra.add_argument("--out", default=DEFAULT_OUT, help=f"CSV gradebook (default {DEFAULT_OUT})")
     gra.add_argument(
-        "--feedback", default="feedback", help="folder for Markdown feedback (default feedback)"
+        "--feedback",
+        default=DEFAULT_FEEDBACK,
+        help=f"folder for Markdown feedback (default {DEFAULT_FEEDBACK})",
     )
     gra.add_argument("--json", action="store_true", help="also print the results as JSON")
     gra.add_argument("--workers", type=int, default=1, help="notebooks graded at once")

@@ -188,8 +188,8 @@ def grade_notebook(
 
 def grade_class(
     paths: Iterable[Path | str],
-    out: Path | str | None = "grades.csv",
-    feedback: Path | str | None = "feedback",
+    out: Path | str | None = "grades/grades.csv",
+    feedback: Path | str | None = "grades/feedback",
     workers: int = 1,
     limits: Limits = DEFAULT_LIMITS,
     seed: int | None = None,
@@ -203,7 +203,7 @@ def grade_class(
     Args:
         paths: notebooks or folders of them (searched recursively).
         out: the CSV gradebook; the results cache is written beside it
-            (``grades.csv`` -> ``grades.cache.jsonl``). None writes neither.
+            (``grades/grades.csv`` -> ``grades/grades.cache.jsonl``). None writes neither.
         feedback: folder for one Markdown file per submission (``<student>/<lesson>.md``).
         workers: submissions run at once.
         limits: limits on each submission's run.
