@@ -69,6 +69,7 @@ from course.grading.records import (
     UNKNOWN_LESSON,
     UNKNOWN_VERSION,
     ClassResults,
+    Confinement,
     GradeError,
     Limits,
     SandboxInfo,
@@ -103,6 +104,7 @@ __all__ = [
     "UNKNOWN_VERSION",
     "Attempt",
     "ClassResults",
+    "Confinement",
     "GradeError",
     "Limits",
     "Report",
@@ -136,9 +138,8 @@ def grade_notebook(
     path: Path,
     seed: int,
     limits: Limits,
-    uid: int | None = None,
+    confinement: Confinement | None = None,
     lesson_filter: str | None = None,
-    cgroup: bool = False,
 ) -> SubmissionResult:
     """Grade one notebook file; never raises on a bad submission.
 
@@ -146,9 +147,8 @@ def grade_notebook(
         path: the notebook (read only, never written).
         seed: seeds the cases of every exercise.
         limits: limits on the run.
-        uid: a dedicated user to run it as (grader as root), or None.
+        confinement: how to confine the run beyond what every run gets (see ``Confinement``).
         lesson_filter: grade only this lesson.
-        cgroup: cap and clean up the run's processes with a pids cgroup (grader as root).
     """
     student = student_of(path)
     result = SubmissionResult(notebook=str(path), student=student, lesson="", status="", seed=seed)
@@ -173,7 +173,7 @@ def grade_notebook(
         return result
     if how != "metadata":
         result.notes.append(f"Lesson {lesson} recognised from the notebook's {how}.")
-    attempt, notes = run_submission(data, path.name, lesson, seed, limits, uid, cgroup)
+    attempt, notes = run_submission(data, path.name, lesson, seed, limits, confinement)
     result.notes += notes
     result.cell_errors = [attempt.report.cell_errors[k] for k in sorted(attempt.report.cell_errors)]
     result.results = judge(lesson, seed, attempt, limits)
@@ -184,6 +184,22 @@ def grade_notebook(
         result.status = TIMED_OUT if status == EX_TIMED_OUT else CRASHED
         result.notes.append(why[0].upper() + why[1:] + ".")
     return result
+
+
+def _confinements(info: SandboxInfo, workers: int, limits: Limits) -> queue.Queue[Confinement]:
+    """One confinement per worker: each its own dedicated user where the machine allows."""
+    uids: list[int | None] = list(free_uids(workers)) if info.dedicated_users else []
+    uids += [None] * (workers - len(uids))
+    confinements: queue.Queue[Confinement] = queue.Queue()
+    for uid in uids:
+        confinements.put(
+            Confinement(
+                uid=uid,
+                cgroup=info.process_limit == "cgroup",
+                require=info.required(limits.isolate_network),
+            )
+        )
+    return confinements
 
 
 def grade_class(
@@ -197,6 +213,7 @@ def grade_class(
     fresh: bool = False,
     progress: bool = True,
     on_result: Callable[[SubmissionResult], None] | None = None,
+    allow_weak_isolation: bool = False,
 ) -> ClassResults:
     """Grade every notebook under ``paths`` and write the gradebook and feedback.
 
@@ -213,12 +230,15 @@ def grade_class(
         fresh: ignore cached results (regrade everything).
         progress: show a progress bar on stderr.
         on_result: called with each finished submission (from worker threads).
+        allow_weak_isolation: grade even where this machine confines submissions less than
+            the teacher guide promises (``SandboxInfo.weaknesses``).
 
     Returns:
         The results, sorted by student, lesson and notebook path.
 
     Raises:
-        GradeError: no notebook was found, or an option is invalid.
+        GradeError: no notebook was found, an option is invalid, or the confinement is
+            weaker than promised and ``allow_weak_isolation`` is not set.
     """
     notebooks = find_notebooks(paths)
     if not notebooks:
@@ -227,6 +247,14 @@ def grade_class(
         raise GradeError(f"--workers is {workers}; it must be at least 1")
     if lesson is not None and lesson not in lessons():
         raise GradeError(f"unknown lesson {lesson!r}; graded lessons: {', '.join(lessons())}")
+    info = probe_sandbox(limits)
+    weak = info.weaknesses(limits.isolate_network)
+    if weak and not allow_weak_isolation:
+        raise GradeError(
+            "this machine cannot confine submissions as the teacher guide promises ("
+            f"{'; '.join(weak)}): grade inside a container or VM, or pass "
+            "--allow-weak-isolation to grade anyway"
+        )
     cache = ResultCache(Path(out).with_suffix(".cache.jsonl")) if out is not None else None
     if seed is None:
         seed = cache.seed if cache is not None and cache.seed is not None else None
@@ -236,12 +264,7 @@ def grade_class(
         cache.append({"seed": seed})
         cache.seed = seed
     fingerprint = course_fingerprint()
-    info = probe_sandbox(limits)
-    uids: queue.Queue[int | None] = queue.Queue()
-    for uid in free_uids(workers) if info.dedicated_users else []:
-        uids.put(uid)
-    while uids.qsize() < workers:
-        uids.put(None)
+    confinements = _confinements(info, workers, limits)
 
     def one(path: Path) -> tuple[SubmissionResult, bool]:
         key = None
@@ -255,13 +278,11 @@ def grade_class(
                         found = SubmissionResult.from_json(cached)
                         found.notebook, found.student = str(path), student_of(path)
                         return found, True
-        uid = uids.get()
+        confinement = confinements.get()
         try:
-            result = grade_notebook(
-                path, seed, limits, uid, lesson, cgroup=info.process_limit == "cgroup"
-            )
+            result = grade_notebook(path, seed, limits, confinement, lesson)
         finally:
-            uids.put(uid)
+            confinements.put(confinement)
         if cache is not None:
             key = cache_key(result.sha256, seed, fingerprint, limits, lesson)
             cache.put(key, result.to_json())

@@ -9,17 +9,19 @@ started.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pwd
 import re
 import signal
+import site
 import stat
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import course
@@ -28,6 +30,38 @@ from course.grading.records import Limits, SandboxInfo
 
 SANDBOX = Path(sandbox.__file__).resolve()
 FIRST_UID = 60500  # dedicated users for submissions, when the grader runs as root
+CANARY = "canary.txt"
+# Read-only for submissions, besides Python and the course. /etc is mostly left out: as user id
+# 0 a submission could otherwise read root's files there (/etc/shadow).
+SYSTEM_READ = (
+    "/usr",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/bin",
+    "/sbin",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/etc/timezone",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/nsswitch.conf",
+    "/etc/hosts",
+    "/etc/host.conf",
+    "/etc/resolv.conf",
+    "/etc/gai.conf",
+    "/etc/mime.types",
+    "/etc/os-release",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/fonts",
+    "/etc/matplotlibrc",
+)
 
 
 _CGROUP_COUNTER = iter(range(10**9))
@@ -162,28 +196,32 @@ def probe_sandbox(limits: Limits) -> SandboxInfo:
     for uid in [*uids[:1], None]:
         got = _probe(limits, uid)
         if got is not None:
-            isolated, in_cgroup = got
+            held, isolated, in_cgroup = got
             if in_cgroup:
                 process_limit = "cgroup"
             elif uid is None and os.geteuid() == 0:
                 process_limit = "none"
             else:
                 process_limit = "rlimit"
-            return SandboxInfo(isolated, uid is not None, process_limit)
+            return SandboxInfo(
+                network_isolated=isolated,
+                dedicated_users=uid is not None,
+                process_limit=process_limit,
+                files_confined=held.get("files") is True,
+                pid_namespace=held.get("pid_namespace") is True,
+                signals_scoped=held.get("scoped") is True,
+                landlock_abi=held.get("landlock") if isinstance(held.get("landlock"), int) else 0,
+            )
     return SandboxInfo(False, False, "none" if os.geteuid() == 0 else "rlimit")
 
 
-def _probe(limits: Limits, uid: int | None) -> tuple[bool, bool] | None:
-    """(network isolated, inside its cgroup) for a probe child, or None when it failed."""
+def _probe(limits: Limits, uid: int | None) -> tuple[dict, bool, bool] | None:
+    """(what the child says holds, network isolated, inside its cgroup) for a probe child (it
+    runs no student code, so what it says is trusted), or None when it failed."""
     with contextlib.ExitStack() as stack:
-        private = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="course-probe-")))
-        scratch = private / "scratch"
-        scratch.mkdir()
-        if uid is not None:
-            os.chown(scratch, uid, uid)
-            os.chmod(private, 0o711)
+        scratch = private_folder(stack, "course-probe-", uid)
         group = make_pids_cgroup(limits.max_processes)
-        report_path = private / "report.jsonl"
+        report_path = scratch.parent / "report.jsonl"
         fd = os.open(report_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         config = sandbox_config(limits, scratch, scratch / "none.ipynb", "", 0, fd, uid, [], group)
         config["probe"] = True
@@ -203,13 +241,15 @@ def _probe(limits: Limits, uid: int | None) -> tuple[bool, bool] | None:
         got = None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and proc.poll() is None:
-            if b'"start"' in report_path.read_bytes():
+            start = _start_line(report_path.read_bytes())
+            if start is not None:
                 with contextlib.suppress(OSError):
-                    isolated = os.readlink(f"/proc/{proc.pid}/ns/net") != os.readlink(
-                        "/proc/self/ns/net"
-                    )
+                    isolated = _namespace(proc.pid, "net") != _namespace("self", "net")
+                    # The child is process 1 of a PID namespace made by the process we started.
+                    pid_ns = _namespace(proc.pid, "pid_for_children") != _namespace("self", "pid")
+                    start["pid_namespace"] = start.get("pid_namespace") is True and pid_ns
                     in_cgroup = group is not None and proc.pid in _cgroup_pids(group)
-                    got = (isolated, in_cgroup)
+                    got = (start, isolated, in_cgroup)
                 if uid is not None and _process_uid(proc.pid) != uid:
                     got = None
                 break
@@ -218,6 +258,51 @@ def _probe(limits: Limits, uid: int | None) -> tuple[bool, bool] | None:
             proc.stdin.close()
         kill_all(proc, uid, group)
         return got
+
+
+def _start_line(data: bytes) -> dict | None:
+    for line in data.split(b"\n"):
+        with contextlib.suppress(ValueError):
+            item = json.loads(line)
+            if isinstance(item, dict) and item.get("type") == "start":
+                return item
+    return None
+
+
+def _namespace(pid: int | str, kind: str) -> str:
+    return os.readlink(f"/proc/{pid}/ns/{kind}")
+
+
+def private_folder(stack: contextlib.ExitStack, prefix: str, uid: int | None) -> Path:
+    """A fresh private folder holding the run's scratch folder (returned), its report and a
+    canary file that the sandbox must be unable to read or write."""
+    private = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+    scratch = private / "scratch"
+    scratch.mkdir()
+    (private / CANARY).write_text("not for submissions\n")
+    if uid is not None:
+        os.chmod(private, 0o711)
+        os.chmod(private / CANARY, 0o644)
+        os.chown(scratch, uid, uid)
+    return scratch
+
+
+@functools.lru_cache(1)
+def read_paths() -> tuple[str, ...]:
+    """What a submission may read: the system's programs and libraries, a few files of /etc,
+    Python, its packages (those ``.pth`` files add included) and the course. Nothing else."""
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    roots.add(str(Path(course.__file__).resolve().parent))
+    for site_dir in site.getsitepackages():
+        roots.add(site_dir)
+        for pth in Path(site_dir).glob("*.pth"):
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                for line in pth.read_text().splitlines():
+                    line = line.strip()
+                    if line and not line.startswith(("#", "import ")):
+                        roots.add(str(Path(site_dir, line).resolve()))
+    roots |= set(SYSTEM_READ)
+    return tuple(sorted(str(Path(r).resolve()) for r in roots if Path(r).exists()))
 
 
 def sandbox_config(
@@ -230,7 +315,13 @@ def sandbox_config(
     uid: int | None,
     skip: list[int],
     group: Path | None = None,
+    require: Sequence[str] = (),
 ) -> dict:
+    """The child's whole configuration (``sandbox.py`` reads it from its command line).
+
+    ``require`` names what must hold (``SandboxInfo.required``); a child that cannot confine
+    itself that far refuses to run the notebook.
+    """
     return {
         "cgroup": str(group) if group is not None else None,
         "scratch": str(scratch),
@@ -247,6 +338,10 @@ def sandbox_config(
         "file_bytes": limits.max_file_mb * 2**20,
         "max_processes": limits.max_processes if uid is not None else _nproc_limit(limits),
         "isolate_network": limits.isolate_network,
+        "read_paths": list(read_paths()),
+        "write_paths": [str(scratch)],
+        "canary": str(scratch.parent / CANARY),
+        "require": list(require),
     }
 
 

@@ -119,14 +119,58 @@ class SandboxInfo:
         process_limit: how the process count is capped: "cgroup" (a pids cgroup, which also
             lets the grader end every process of a run), "rlimit" (RLIMIT_NPROC) or "none"
             (root without cgroups or dedicated users: RLIMIT_NPROC does not bind root).
+        files_confined: Landlock lets a submission read only Python, its packages, the course
+            and system libraries, and write only its scratch folder.
+        pid_namespace: a submission runs as process 1 of a PID namespace of its own: it can
+            signal nothing outside, and whatever it starts dies with it.
+        signals_scoped: Landlock also scopes signals and abstract sockets (ABI 6).
+        landlock_abi: the kernel's Landlock ABI version (0: none).
     """
 
     network_isolated: bool
     dedicated_users: bool
     process_limit: str = "rlimit"
+    files_confined: bool = False
+    pid_namespace: bool = False
+    signals_scoped: bool = False
+    landlock_abi: int = 0
+
+    def required(self, isolate_network: bool = True) -> tuple[str, ...]:
+        """What every run must get again (``sandbox.py`` refuses to run a notebook without)."""
+        wanted = {
+            "files": self.files_confined,
+            "pid_namespace": self.pid_namespace,
+            "network": self.network_isolated and isolate_network,
+        }
+        return tuple(k for k, held in wanted.items() if held)
+
+    def weaknesses(self, isolate_network: bool = True) -> list[str]:
+        """What the teacher guide promises and this machine does not give, one phrase each."""
+        weak = []
+        if not self.files_confined:
+            weak.append(
+                "files are not confined (Landlock needs Linux 5.13 or later, enabled, and the "
+                "`landlock` package)"
+            )
+        if not self.pid_namespace:
+            weak.append("no PID namespace (unprivileged user namespaces are disabled)")
+        if isolate_network and not self.network_isolated:
+            weak.append("the network is not cut off")
+        return weak
 
     def describe(self) -> str:
         net = "network cut off" if self.network_isolated else "network NOT cut off"
+        files = (
+            f"files confined by Landlock ABI {self.landlock_abi}"
+            if self.files_confined
+            else "files NOT confined"
+        )
+        pids = (
+            "own PID namespace (signals stay inside; nothing outlives the run)"
+            if self.pid_namespace
+            else "NO PID namespace"
+        )
+        scoped = "; signals and abstract sockets scoped by Landlock" if self.signals_scoped else ""
         users = (
             "each submission runs as a dedicated unprivileged user"
             if self.dedicated_users
@@ -137,7 +181,22 @@ class SandboxInfo:
             "rlimit": "process count capped by RLIMIT_NPROC",
             "none": "process count NOT capped",
         }[self.process_limit]
-        return f"{net}; {users}; {procs}"
+        return f"{net}; {files}; {pids}{scoped}; {users}; {procs}"
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """How the grader confines the runs of one worker, from what ``probe_sandbox`` found.
+
+    Attributes:
+        uid: the dedicated user to run as (grader as root), or None.
+        cgroup: give each run a pids cgroup of its own (grader as root).
+        require: what the sandbox must put in place or refuse to run (``SandboxInfo.required``).
+    """
+
+    uid: int | None = None
+    cgroup: bool = False
+    require: tuple[str, ...] = ()
 
 
 @dataclass

@@ -8,11 +8,9 @@ import os
 import re
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from course.grading.core import (
@@ -22,10 +20,11 @@ from course.grading.isolation import (
     environment,
     kill_all,
     make_pids_cgroup,
+    private_folder,
     sandbox_command,
     sandbox_config,
 )
-from course.grading.records import EX_CRASHED, EX_TIMED_OUT, Limits
+from course.grading.records import EX_CRASHED, EX_TIMED_OUT, Confinement, Limits
 
 
 @dataclass
@@ -38,6 +37,7 @@ class Report:
     cell_errors: dict[int, dict] = field(default_factory=dict)
     skipped: list[int] = field(default_factory=list)
     results: dict[str, dict] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)  # what the sandbox could not put in place
 
 
 @dataclass
@@ -75,7 +75,9 @@ def parse_report(data: bytes, exercise_ids: Sequence[str]) -> Report:
     for item in items[: done_at[-1]] if done_at else items:
         kind = item.get("type")
         cell = item.get("cell")
-        if kind == "start":
+        if kind == "refused" and isinstance(item.get("missing"), list):
+            report.refused = [str(m)[:40] for m in item["missing"][:5]]
+        elif kind == "start":
             report.network = str(item.get("network"))[:20]
         elif kind == "cell" and isinstance(cell, int):
             report.phase = ("cell", cell)
@@ -101,29 +103,26 @@ def run_notebook(
     lesson: str,
     seed: int,
     limits: Limits,
-    uid: int | None = None,
+    confinement: Confinement | None = None,
     skip: Sequence[int] = (),
-    cgroup: bool = False,
 ) -> Attempt:
-    """Run one notebook's bytes once in a confined child and parse its report.
-
-    With ``cgroup``, the run gets a pids cgroup of its own (see ``probe_sandbox``).
-    """
+    """Run one notebook's bytes once in a confined child and parse its report."""
     start = time.monotonic()
+    confinement = confinement or Confinement()
+    uid = confinement.uid
     with contextlib.ExitStack() as stack:
-        private = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="course-grade-")))
-        scratch = private / "scratch"
-        scratch.mkdir()
+        scratch = private_folder(stack, "course-grade-", uid)
+        private = scratch.parent
         notebook = scratch / (re.sub(r"[^\w.-]", "_", name) or "submission.ipynb")
         notebook.write_bytes(data)
         if uid is not None:
-            os.chmod(private, 0o711)
-            os.chown(scratch, uid, uid)
             os.chown(notebook, uid, uid)
         report_path, stderr_path = private / "report.jsonl", private / "stderr.txt"
         fd = os.open(report_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        group = make_pids_cgroup(limits.max_processes) if cgroup else None
-        config = sandbox_config(limits, scratch, notebook, lesson, seed, fd, uid, list(skip), group)
+        group = make_pids_cgroup(limits.max_processes) if confinement.cgroup else None
+        config = sandbox_config(
+            limits, scratch, notebook, lesson, seed, fd, uid, list(skip), group, confinement.require
+        )
         with open(stderr_path, "wb") as stderr:
             try:
                 proc = subprocess.Popen(
@@ -164,6 +163,11 @@ def run_notebook(
 
 def why_stopped(attempt: Attempt, limits: Limits) -> tuple[str, str]:
     """(exercise status, sentence) for a run that ended without finishing."""
+    if attempt.report.refused:
+        return EX_CRASHED, (
+            "the sandbox could not confine the run as far as this machine allows (no "
+            f"{', '.join(attempt.report.refused)}), so the notebook was not run"
+        )
     if attempt.timed_out:
         return EX_TIMED_OUT, f"the notebook ran past the {limits.timeout:g} s time limit"
     rc = attempt.returncode
@@ -183,14 +187,13 @@ def run_submission(
     lesson: str,
     seed: int,
     limits: Limits,
-    uid: int | None = None,
-    cgroup: bool = False,
+    confinement: Confinement | None = None,
 ) -> tuple[Attempt, list[str]]:
     """Run a notebook; if one of its cells ends the run, run it again without that cell."""
     skip: list[int] = []
     notes: list[str] = []
     while True:
-        attempt = run_notebook(data, name, lesson, seed, limits, uid, skip, cgroup)
+        attempt = run_notebook(data, name, lesson, seed, limits, confinement, skip)
         phase = attempt.report.phase
         if attempt.report.done or phase is None or phase[0] != "cell" or len(skip) >= 1:
             return attempt, notes
