@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import hmac
 import io
 import json
 import os
 import re
+import secrets
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,27 +42,53 @@ class ResultCache:
 
     The first line of a run records its seed; a later run without ``--seed`` reuses the last
     one, so that resuming grades on the same cases.
+
+    Every line is signed with an HMAC-SHA256 under a key of this cache alone, kept beside it
+    (``grades.cache.key``, mode 0600, outside what any sandbox may read). A line the grader did
+    not write, or that was changed, is not trusted: its notebook is graded again.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.key = _load_key(path.with_suffix(".key"))
         self.entries: dict[str, dict] = {}
         self.seed: int | None = None
+        self.rejected = 0  # lines that were not the grader's own
         if path.exists():
             for line in path.read_bytes().split(b"\n"):
-                try:
-                    item = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by an interruption
-                if isinstance(item, dict) and isinstance(item.get("seed"), int) and len(item) == 1:
+                if not line.strip():
+                    continue
+                item = self._verified(line)
+                if item is None:
+                    self.rejected += 1
+                elif isinstance(item.get("seed"), int) and len(item) == 1:
                     self.seed = item["seed"]
-                elif isinstance(item, dict) and isinstance(item.get("key"), str):
-                    self.entries[item["key"]] = item.get("result")
+                elif isinstance(item.get("key"), str) and isinstance(item.get("result"), dict):
+                    self.entries[item["key"]] = item["result"]
+
+    def _mac(self, text: str) -> str:
+        return hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()
+
+    def _verified(self, line: bytes) -> dict | None:
+        """The item of one line if its HMAC is right; None for anything else (a line cut
+        short by an interruption, or one the grader did not write)."""
+        try:
+            signed = json.loads(line)
+            text, mac = signed["item"], signed["mac"]
+            if not (isinstance(text, str) and isinstance(mac, str)):
+                return None
+            if not hmac.compare_digest(self._mac(text), mac):
+                return None
+            item = json.loads(text)
+        except (ValueError, KeyError, TypeError, RecursionError):
+            return None
+        return item if isinstance(item, dict) else None
 
     def append(self, item: dict) -> None:
+        text = json.dumps(item, sort_keys=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as file:
-            file.write(json.dumps(item) + "\n")
+            file.write(json.dumps({"item": text, "mac": self._mac(text)}) + "\n")
             file.flush()
             os.fsync(file.fileno())
 
@@ -70,6 +98,23 @@ class ResultCache:
     def put(self, key: str, result: dict) -> None:
         self.entries[key] = result
         self.append({"key": key, "result": result})
+
+
+def _load_key(path: Path) -> bytes:
+    """The cache's HMAC key: read from ``path``, or made there (mode 0600) when missing or
+    unreadable as a key; a new key leaves every earlier line untrusted."""
+    with contextlib.suppress(OSError, ValueError):
+        key = bytes.fromhex(path.read_text().strip())
+        if len(key) >= 32:
+            return key
+    key = secrets.token_bytes(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(key.hex() + "\n")
+    return key
 
 
 def cache_key(sha256: str, seed: int, fingerprint: str, limits: Limits, lesson: str | None) -> str:
