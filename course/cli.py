@@ -8,6 +8,11 @@ from collections.abc import Sequence
 
 from course import release as release_module
 
+# Everything ``course grade`` writes goes into one folder (ignored by git), never loose in the
+# folder it runs from.
+DEFAULT_OUT = "grades/grades.csv"
+DEFAULT_FEEDBACK = "grades/feedback"
+
 
 def _release(args: argparse.Namespace) -> int:
     try:
@@ -48,6 +53,7 @@ def _grade(args: argparse.Namespace) -> int:
             lesson=args.lesson,
             fresh=args.fresh,
             progress=not args.quiet,
+            allow_weak_isolation=args.allow_weak_isolation,
         )
     except (grade_module.GradeError, OSError) as exc:
         print(f"course grade: {exc}", file=sys.stderr)
@@ -87,9 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         "student is the name of the folder holding it (submissions/<student>/01_mdps.ipynb).",
     )
     gra.add_argument("paths", nargs="+", metavar="PATH", help="notebooks or folders of them")
-    gra.add_argument("--out", default="grades.csv", help="CSV gradebook (default grades.csv)")
+    gra.add_argument("--out", default=DEFAULT_OUT, help=f"CSV gradebook (default {DEFAULT_OUT})")
     gra.add_argument(
-        "--feedback", default="feedback", help="folder for Markdown feedback (default feedback)"
+        "--feedback",
+        default=DEFAULT_FEEDBACK,
+        help=f"folder for Markdown feedback (default {DEFAULT_FEEDBACK})",
     )
     gra.add_argument("--json", action="store_true", help="also print the results as JSON")
     gra.add_argument("--workers", type=int, default=1, help="notebooks graded at once")
@@ -106,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     gra.add_argument("--lesson", default=None, help="grade only this lesson, e.g. 01_mdps")
     gra.add_argument("--fresh", action="store_true", help="ignore results of earlier runs")
     gra.add_argument("--allow-network", action="store_true", help="do not cut the network off")
+    gra.add_argument(
+        "--allow-weak-isolation",
+        action="store_true",
+        help="grade even where this machine confines submissions less than the teacher guide "
+        "promises (files, signals and processes, network); the summary says what is missing",
+    )
     gra.add_argument("--quiet", action="store_true", help="no progress bar")
     gra.set_defaults(run=_grade)
     doc = sub.add_parser(

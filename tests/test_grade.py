@@ -502,7 +502,9 @@ def test_cli_grade_writes_gradebook_and_json(tmp_path: Path) -> None:
     assert by_student["dan"]["exercises"]["mdp.q_from_v"]["status"] == "passed"
     assert by_student["dan"]["total"] == 1 and by_student["eve"]["status"] == "empty file"
     assert "2 notebooks: 1 graded, 1 failed to run, 0 timed out" in proc.stderr
-    assert (tmp_path / "grades.csv").exists() and (tmp_path / "feedback" / "dan").is_dir()
+    assert (tmp_path / "grades" / "grades.csv").exists()
+    assert (tmp_path / "grades" / "feedback" / "dan").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grades", "subs"]  # nothing loose
 
 
 def test_cli_grade_without_notebooks_fails_clearly(tmp_path: Path) -> None:

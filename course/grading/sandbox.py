@@ -33,8 +33,11 @@ import sys
 import time
 from typing import Any
 
-CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
-PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
+CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 24, 38
+SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_RESTRICT_SELF = 444, 446  # the same on every arch
+LANDLOCK_TCP_BIND, LANDLOCK_TCP_CONNECT = 1, 2
+LANDLOCK_SCOPE_ABSTRACT_UNIX, LANDLOCK_SCOPE_SIGNAL = 1, 2
 MAX_EXERCISE_BYTES = 32 * 2**20
 
 
@@ -50,20 +53,42 @@ class ReferenceNotAvailable(RuntimeError):
 # --- confinement ------------------------------------------------------------------------------
 
 
-def confine(config: dict) -> str:
-    """Apply the limits of ``config`` to this process; return how the network is cut off."""
+def confine(config: dict) -> dict:
+    """Confine this process as ``config`` says; return what holds (see ``held`` below).
+
+    In order: join the run's pids cgroup (grader as root), set the resource limits, become the
+    dedicated user (grader as root), enter new user, PID and network namespaces (the process
+    that called this stays outside and only mirrors how the confined one ends: only the one
+    inside the PID namespace returns), drop every capability, then restrict files with Landlock
+    and scope signals, abstract sockets and TCP with Landlock.
+    """
     if config.get("cgroup"):  # join the process-count cgroup the grader made for this run
         try:
             with open(os.path.join(config["cgroup"], "cgroup.procs"), "w") as file:
                 file.write(str(os.getpid()))
         except OSError:
             pass
-    network = "shared"
-    if config.get("isolate_network", True):
-        libc = ctypes.CDLL(None, use_errno=True)
-        flags = CLONE_NEWNET if os.geteuid() == 0 else CLONE_NEWUSER | CLONE_NEWNET
-        if libc.unshare(flags) == 0:
-            network = "isolated"
+    _set_limits(config)
+    uid = config.get("uid")
+    if uid is not None and os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(int(uid))
+        os.setuid(int(uid))
+    libc = ctypes.CDLL(None, use_errno=True)
+    held = {"network": "shared", "pid_namespace": False, "files": False, "scoped": False}
+    held.update(_enter_namespaces(libc, config))
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid programs (sudo) grant nothing
+    # Root, or any user in the namespace it just made, holds capabilities: drop them all.
+    _drop_capabilities(libc)
+    abi = _landlock_abi(libc)
+    held["landlock"] = abi
+    if abi > 0:
+        held["files"] = _restrict_files(config) and _files_confined(config)
+        held["scoped"] = _scope(libc, abi, config.get("isolate_network", True))
+    return held
+
+
+def _set_limits(config: dict) -> None:
     limits = {
         resource.RLIMIT_AS: config.get("memory_bytes"),
         resource.RLIMIT_CPU: config.get("cpu_seconds"),
@@ -78,20 +103,62 @@ def confine(config: dict) -> str:
             resource.setrlimit(which, (value, value))
     # A write past the file-size limit fails with an error instead of killing the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    uid = config.get("uid")
-    if uid is not None and os.geteuid() == 0:
-        os.setgroups([])
-        os.setgid(int(uid))
-        os.setuid(int(uid))
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid programs (sudo) grant nothing
-    if os.geteuid() == 0:
-        _drop_capabilities(libc)
-    return network
+
+
+def _enter_namespaces(libc: ctypes.CDLL, config: dict) -> dict:
+    """Unshare the strongest set of namespaces the kernel grants; fork into a new PID one."""
+    net = CLONE_NEWNET if config.get("isolate_network", True) else 0
+    uid, gid = os.geteuid(), os.getegid()
+    for flags in (CLONE_NEWUSER | CLONE_NEWPID | net, CLONE_NEWPID | net, CLONE_NEWUSER | net, net):
+        if flags and libc.unshare(flags) == 0:
+            break
+    else:
+        return {}
+    if flags & CLONE_NEWUSER:  # keep our own ids inside (unmapped, they would read 65534)
+        for name, text in (("uid_map", f"{uid} {uid} 1"), ("setgroups", "deny")):
+            _write_proc(name, text)
+        _write_proc("gid_map", f"{gid} {gid} 1")
+    held = {"network": "isolated" if flags & CLONE_NEWNET else "shared"}
+    if flags & CLONE_NEWPID:
+        child = os.fork()
+        if child:
+            _mirror(child, int(config.get("cpu_seconds") or 0))
+        # This is process 1 of the namespace: when it ends, the kernel kills everything left
+        # in it; and it ends with the process that waits for it outside.
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        held["pid_namespace"] = os.getpid() == 1
+    return held
+
+
+def _write_proc(name: str, text: str) -> None:
+    try:
+        with open(f"/proc/self/{name}", "w") as file:
+            file.write(text)
+    except OSError:
+        pass
+
+
+def _mirror(child: int, cpu_seconds: int) -> None:
+    """Outside the PID namespace: wait for its first process and end the same way."""
+    os.closerange(3, 1 << 16)  # hold nothing of the run's (its report, its files)
+    while True:
+        try:
+            _, status, usage = os.wait4(child, 0)
+            break
+        except InterruptedError:
+            continue
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        # Process 1 ignores SIGXCPU, so the CPU limit ends it with SIGKILL: say which it was.
+        if sig == signal.SIGKILL and cpu_seconds and usage.ru_utime + usage.ru_stime >= cpu_seconds:
+            sig = signal.SIGXCPU
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
 
 
 def _drop_capabilities(libc: ctypes.CDLL) -> None:
-    """Keep user id 0 but lose every privilege of root (raising limits, leaving cgroups...)."""
+    """Lose every capability (of root, or of the owner of a new user namespace)."""
 
     class Header(ctypes.Structure):
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
@@ -103,6 +170,87 @@ def _drop_capabilities(libc: ctypes.CDLL) -> None:
         libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
     header, data = Header(0x20080522, 0), (Data * 2)()
     libc.capset(ctypes.byref(header), data)
+
+
+def _landlock_abi(libc: ctypes.CDLL) -> int:
+    version = libc.syscall(
+        ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET), None, ctypes.c_size_t(0), ctypes.c_uint32(1)
+    )
+    return max(int(version), 0)
+
+
+def _restrict_files(config: dict) -> bool:
+    """Landlock: read only ``read_paths``, write only ``write_paths`` (the scratch folder)."""
+    try:
+        import landlock  # the binding is pure Python over ctypes: nothing else is imported
+    except ImportError:
+        return False
+    access = landlock.FSAccess
+    read_dir = access.READ_FILE | access.READ_DIR | access.EXECUTE
+    read_file = access.READ_FILE | access.EXECUTE
+    # The binding reads errno even after calls that succeed: clear it before each one.
+    ctypes.set_errno(0)
+    try:
+        ruleset = landlock.Ruleset()
+        rules = [(p, read_dir if os.path.isdir(p) else read_file) for p in config["read_paths"]]
+        rules += [(p, None) for p in config["write_paths"]]  # None: every access
+        rules.append((os.devnull, access.all_file() & ~access.EXECUTE))
+        for path, allowed in rules:
+            ctypes.set_errno(0)
+            try:
+                ruleset.allow(path, rules=allowed)
+            except OSError:
+                pass  # gone since the grader listed it: one path less to read
+        ctypes.set_errno(0)
+        ruleset.apply()
+    except (OSError, landlock.LandlockError):
+        return False
+    return True
+
+
+def _files_confined(config: dict) -> bool:
+    """Whether a file the grader put outside the sandbox can be neither read nor replaced."""
+    canary = config.get("canary")
+    if not canary:
+        return False
+    for mode in ("rb", "ab"):
+        try:
+            open(canary, mode).close()  # noqa: SIM115
+            return False
+        except PermissionError:
+            continue
+        except OSError:
+            return False
+    return True
+
+
+def _scope(libc: ctypes.CDLL, abi: int, cut_network: bool) -> bool:
+    """Landlock, raw (the binding lacks these attributes): no signal and no abstract socket to
+    a process outside the sandbox (ABI 6), and no TCP bind or connect when the network is cut
+    (ABI 4). Returns whether signals are scoped."""
+
+    class Attr(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_uint64) for n in ("handled_fs", "handled_net", "scoped")]
+
+    net = LANDLOCK_TCP_BIND | LANDLOCK_TCP_CONNECT if cut_network and abi >= 4 else 0
+    scoped = LANDLOCK_SCOPE_ABSTRACT_UNIX | LANDLOCK_SCOPE_SIGNAL if abi >= 6 else 0
+    if not (net or scoped):
+        return False
+    attr = Attr(0, net, scoped)
+    size = ctypes.sizeof(Attr) if scoped else 16
+    fd = libc.syscall(
+        ctypes.c_long(SYS_LANDLOCK_CREATE_RULESET),
+        ctypes.byref(attr),
+        ctypes.c_size_t(size),
+        ctypes.c_uint32(0),
+    )
+    if fd < 0:
+        return False
+    try:
+        done = libc.syscall(ctypes.c_long(SYS_LANDLOCK_RESTRICT_SELF), fd, ctypes.c_uint32(0))
+    finally:
+        os.close(fd)
+    return done == 0 and bool(scoped)
 
 
 # --- the report channel ----------------------------------------------------------------------
@@ -357,7 +505,11 @@ def main(argv: list[str]) -> None:
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     config = json.loads(argv[1])
     report = Reporter(int(config["result_fd"]))
-    network = confine(config)
+    held = confine(config)
+    missing = [k for k in config.get("require", []) if held.get(k) in (False, "shared", None)]
+    if missing:  # weaker than the grader found this machine allows: run no student code
+        report("refused", missing=missing)
+        os._exit(3)
     started = time.monotonic()
     os.chdir(config["scratch"])
     if config.get("probe"):  # the grader inspects this process, then closes our stdin
@@ -365,10 +517,10 @@ def main(argv: list[str]) -> None:
         import importlib.util
 
         importlib.util.find_spec("torch")
-        report("start", network=network, uid=os.getuid(), pid=os.getpid())
+        report("start", uid=os.getuid(), pid=os.getpid(), **held)
         sys.stdin.read()
         os._exit(0)
-    report("start", network=network, uid=os.getuid(), pid=os.getpid())
+    report("start", uid=os.getuid(), pid=os.getpid(), **held)
 
     import torch
 
