@@ -30,8 +30,17 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev,lab]"
 	touch $@
 
+# JupyterLab refuses to start as root (a container, a cloud VM) unless told --allow-root, which
+# changes nothing for a normal user. Without a display no browser can start, and a console browser
+# would take over the terminal: then the server only prints the URL to open (macOS and Windows,
+# where DISPLAY is not set, always have one).
+# Extra options go in LAB_ARGS, e.g. make lab LAB_ARGS="--ip=0.0.0.0 --port=8899".
+LAB_ARGS ?=
+HAS_DISPLAY := $(if $(DISPLAY)$(WAYLAND_DISPLAY)$(filter Darwin,$(shell uname -s))$(OS),yes)
+
 lab: setup
-	$(VENV)/bin/jupyter lab lessons/01_mdps.ipynb
+	@$(if $(HAS_DISPLAY),,echo "No display here: open the http:// URL printed below in a browser (Ctrl+C stops JupyterLab).")
+	$(VENV)/bin/jupyter lab --allow-root $(if $(HAS_DISPLAY),,--no-browser) $(LAB_ARGS) lessons/01_mdps.ipynb
 
 test: setup
 	$(VENV)/bin/ruff check .

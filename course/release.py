@@ -14,12 +14,20 @@ drops cells tagged ``solution-only``, and tags ``raises-exception`` every cell t
 until the student has written their code: the cells that call an exercise, and, transitively, the
 cells that use what those computed. Check cells (``check("...", name)``) are never tagged: they
 report "not attempted" instead of raising. So a lesson runs top to bottom as shipped.
+
+Every lesson starts with one more cell, tagged ``colab-install`` (see :func:`colab_install_cell`):
+when the notebook runs in Google Colab, detected by the ``google.colab`` module its kernel loads,
+it installs the course from this repository and torch at the version the course is tested with
+(the Makefile's ``TORCH`` and binder/requirements.txt pin the same one); anywhere else it does
+nothing and prints nothing.
 """
 
 from __future__ import annotations
 
 import ast
 import copy
+import importlib.metadata
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +42,39 @@ SOLUTION_ONLY, RAISES = "solution-only", "raises-exception"
 # ``course grade`` recognises a submission's lesson; bump it when graded exercises change.
 LESSON_FORMAT_VERSION = 1
 CHECK_FUNCTIONS = {"check"}
+# Where the lessons are published: the Colab links and the Colab install read from here (the
+# README's badges name the same repository and branch).
+REPOSITORY, BRANCH = "ORG/REPO", "main"
+DISTRIBUTION = "rl-transfer-course"
+# The torch the course is tested with: the Makefile's TORCH and binder/requirements.txt agree.
+TORCH_PIN = "torch==2.13.0"
+COLAB_INSTALL = "colab-install"
+COLAB_CELL = """\
+# In Google Colab, install the course first (the versions it is tested with); elsewhere this cell
+# does nothing. Added to every lesson by `course release`.
+import sys
+
+if "google.colab" in sys.modules:
+    import importlib.metadata
+    import subprocess
+
+    try:
+        _course = importlib.metadata.version({distribution})
+    except importlib.metadata.PackageNotFoundError:
+        _course = None
+    if _course != {version}:
+        print("Installing the course (a minute or two)...")
+        subprocess.run(
+            [
+                sys.executable,
+{arguments}
+            ],
+            check=True,
+        )
+    from google.colab import output as colab_output
+
+    colab_output.enable_custom_widget_manager()  # the lessons' widgets are ipywidgets 8
+"""
 
 
 class ReleaseError(ValueError):
@@ -126,10 +167,58 @@ def _loads_and_stores(tree: ast.Module, tainted: set[str]) -> tuple[bool, set[st
     return reads_tainted, binds, tainted_defs
 
 
+def course_version() -> str:
+    """The version of the installed course (the one ``course release`` generates lessons for)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise ReleaseError(
+            f"{DISTRIBUTION} is not installed: run `pip install -e .` in the course folder"
+        ) from exc
+
+
+def colab_install_command() -> list[str]:
+    """The pip arguments a lesson's first cell runs in Colab, after ``sys.executable -m pip``.
+
+    torch at the version the course is tested with, and the course from the branch the lesson
+    was opened from, so that lesson and library match.
+    """
+    source = f"{DISTRIBUTION} @ git+https://github.com/{REPOSITORY}@{BRANCH}"
+    return ["install", "--quiet", TORCH_PIN, source]
+
+
+def colab_url(lesson: str) -> str:
+    """The "Open in Colab" link of a lesson, e.g. ``colab_url("01_mdps.ipynb")``."""
+    return f"https://colab.research.google.com/github/{REPOSITORY}/blob/{BRANCH}/lessons/{lesson}"
+
+
+def colab_install_cell(version: str | None = None) -> nbformat.NotebookNode:
+    """The code cell that installs the course when, and only when, it runs in Colab.
+
+    Args:
+        version: The course version the lesson is made for (default: the installed one). A Colab
+            runtime that already has it (the cell ran before) installs nothing.
+    """
+    source = COLAB_CELL.format(
+        distribution=json.dumps(DISTRIBUTION),
+        version=json.dumps(version or course_version()),
+        arguments="\n".join(
+            f"{' ' * 16}{json.dumps(a)}," for a in ["-m", "pip", *colab_install_command()]
+        ),
+    )
+    cell = nbformat.v4.new_code_cell(source.rstrip("\n"))
+    cell.id = COLAB_INSTALL  # a fixed id, so that releasing twice writes the same lesson
+    cell.metadata["tags"] = [COLAB_INSTALL]
+    return cell
+
+
 def make_lesson(solution: nbformat.NotebookNode, name: str = "notebook") -> nbformat.NotebookNode:
     """The student version of a solution notebook (a new object; the input is not changed)."""
     nb = copy.deepcopy(solution)
-    cells = []
+    install = colab_install_cell()
+    if (nb.nbformat, nb.nbformat_minor) < (4, 5):
+        del install["id"]  # cell ids came with nbformat 4.5
+    cells = [install]
     tainted: set[str] = set()
     for index, cell in enumerate(nb.cells):
         tags = list(cell.get("metadata", {}).get("tags", []))

@@ -37,6 +37,7 @@ def course_dir(tmp_path: Path) -> Path:
 
 
 def _lesson(course_dir: Path) -> nbformat.NotebookNode:
+    # the release's cells follow the Colab install cell, so SOLUTION's cell i is cell i + 1 here
     return nbformat.read(course_dir / "lessons" / "01_demo.ipynb", as_version=4)
 
 
@@ -128,9 +129,9 @@ def test_fresh_lessons_match(course_dir: Path) -> None:
 
 def test_student_work_is_not_out_of_date(course_dir: Path) -> None:
     nb = _lesson(course_dir)
-    nb.cells[2].source = "def double(x):\n    return x + x"
-    nb.cells[3].outputs = [nbformat.v4.new_output("stream", text="PASS\n")]
-    nb.cells.insert(4, new_code_cell("double(21)  # my own experiment"))
+    nb.cells[3].source = "def double(x):\n    return x + x"
+    nb.cells[4].outputs = [nbformat.v4.new_output("stream", text="PASS\n")]
+    nb.cells.insert(5, new_code_cell("double(21)  # my own experiment"))
     _write_lesson(course_dir, nb)
     [found] = doctor.check_lessons(course_dir)
     assert found.ok and "01_demo.ipynb with a student's work in it" in found.detail
@@ -144,9 +145,9 @@ def test_out_of_date_lesson_is_a_problem(course_dir: Path, change: str) -> None:
     else:
         nb = _lesson(course_dir)
         if change == "edit_markdown":
-            nb.cells[0].source = "# Lesson 01 (an older text)"
+            nb.cells[1].source = "# Lesson 01 (an older text)"
         else:
-            del nb.cells[3]
+            del nb.cells[4]
         _write_lesson(course_dir, nb)
     [found] = doctor.check_lessons(course_dir)
     assert not found.ok and "01_demo.ipynb" in found.detail and "course release" in found.fix
@@ -154,8 +155,8 @@ def test_out_of_date_lesson_is_a_problem(course_dir: Path, change: str) -> None:
 
 def test_lesson_using_what_the_library_lacks(course_dir: Path) -> None:
     nb = _lesson(course_dir)
-    nb.cells[1].source += "\nfrom course.mdp import no_such_function"
-    nb.cells[3].source = 'check("mdp.no_such_exercise", double)'
+    nb.cells[2].source += "\nfrom course.mdp import no_such_function"
+    nb.cells[4].source = 'check("mdp.no_such_exercise", double)'
     _write_lesson(course_dir, nb)
     problems = [f for f in doctor.check_lessons(course_dir) if not f.ok]
     assert problems, "a lesson newer than the library must be reported"

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
+import re
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import nbformat
@@ -10,9 +16,16 @@ import pytest
 from course.cli import main
 from course.release import (
     CODE_STUB,
+    COLAB_INSTALL,
+    DISTRIBUTION,
     MARKDOWN_STUB,
     RAISES,
+    TORCH_PIN,
     ReleaseError,
+    colab_install_cell,
+    colab_install_command,
+    colab_url,
+    course_version,
     make_lesson,
     release,
     stale_lessons,
@@ -86,7 +99,8 @@ def test_lesson_clears_outputs_and_tags_what_needs_the_student_code():
         tags={8: ["solution-only"]},
     )
     lesson = make_lesson(nb)
-    raises = [RAISES in c.metadata.get("tags", []) for c in lesson.cells]
+    assert lesson.cells[0].metadata["tags"] == [COLAB_INSTALL]
+    raises = [RAISES in c.metadata.get("tags", []) for c in lesson.cells[1:]]
     assert raises == [False, False, False, True, True, False, True, False, False]
     assert all(
         c.outputs == [] and c.execution_count is None for c in lesson.cells if c.cell_type == "code"
@@ -97,7 +111,7 @@ def test_lesson_clears_outputs_and_tags_what_needs_the_student_code():
 
 def test_top_level_stub_tags_its_own_cell():
     nb = notebook(("code", "### BEGIN SOLUTION\nanswer = 42\n### END SOLUTION\nprint(answer)"))
-    assert make_lesson(nb).cells[0].metadata["tags"] == [RAISES]
+    assert make_lesson(nb).cells[1].metadata["tags"] == [RAISES]
 
 
 def test_release_writes_then_reports_current(tmp_path):
@@ -128,3 +142,94 @@ def test_shipped_lessons_are_generated_from_the_solutions():
         pytest.skip("no solution notebooks yet")
     stale = stale_lessons(ROOT / "solutions", ROOT / "lessons")
     assert stale == [], f"lessons out of date: {stale}; run `course release`"
+
+
+# The first cell of every lesson: installs the course in Colab, and only there.
+
+
+class _Recorder:
+    """Stands in for ``subprocess.run`` and ``enable_custom_widget_manager``: records calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple, dict]] = []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+
+
+@pytest.fixture
+def colab(monkeypatch: pytest.MonkeyPatch):
+    """Runs the install cell as a kernel would, in Colab or not; pip and Colab are recorded."""
+    pip = _Recorder()
+    monkeypatch.setattr(subprocess, "run", pip)
+
+    def run(in_colab: bool, installed: str | None) -> tuple[_Recorder, _Recorder]:
+        widgets = _Recorder()
+        if in_colab:
+            output = types.ModuleType("google.colab.output")
+            output.enable_custom_widget_manager = widgets
+            module = types.ModuleType("google.colab")
+            module.output = output
+            monkeypatch.setitem(sys.modules, "google.colab", module)
+        else:
+            monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+
+        def version(name: str) -> str:
+            if name == DISTRIBUTION and installed is not None:
+                return installed
+            raise importlib.metadata.PackageNotFoundError(name)
+
+        monkeypatch.setattr(importlib.metadata, "version", version)
+        exec(compile(colab_install_cell("0.1.0").source, "<install cell>", "exec"), {})
+        return pip, widgets
+
+    return run
+
+
+def test_install_cell_does_nothing_outside_colab(colab, capsys) -> None:
+    pip, widgets = colab(in_colab=False, installed=None)
+    assert pip.calls == [] and widgets.calls == []
+    assert capsys.readouterr() == ("", ""), "nbval compares the lessons' output: it must be empty"
+
+
+def test_install_cell_in_colab_runs_the_pinned_install(colab, capsys) -> None:
+    pip, widgets = colab(in_colab=True, installed=None)
+    [(args, kwargs)] = pip.calls
+    assert args == (
+        [
+            sys.executable, "-m", "pip", "install", "--quiet", "torch==2.13.0",
+            "rl-transfer-course @ git+https://github.com/ORG/REPO@main",
+        ],
+    )  # fmt: skip
+    assert kwargs == {"check": True}, "a failed install must stop the lesson, not pass silently"
+    assert widgets.calls == [((), {})]
+    assert "Installing the course" in capsys.readouterr().out
+
+
+def test_install_cell_in_colab_skips_an_installed_course(colab) -> None:
+    pip, widgets = colab(in_colab=True, installed="0.1.0")
+    assert pip.calls == [] and len(widgets.calls) == 1
+    pip, _ = colab(in_colab=True, installed="0.0.9")  # an older course: reinstall
+    assert len(pip.calls) == 1
+
+
+def test_install_pins_the_versions_the_course_is_tested_with() -> None:
+    # the torch of `make setup` (Makefile's TORCH) and of Binder (its CPU build)
+    makefile = re.search(r"^TORCH \?= (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert makefile and makefile.group(1) == TORCH_PIN
+    binder = (ROOT / "binder" / "requirements.txt").read_text()
+    assert re.search(rf"^{re.escape(TORCH_PIN)}\+cpu$", binder, re.MULTILINE)
+    assert TORCH_PIN in colab_install_command()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f'version = "{course_version()}"' in pyproject
+    assert json.dumps(course_version()) in colab_install_cell().source
+
+
+def test_every_shipped_lesson_starts_with_the_install_cell_and_has_a_colab_link() -> None:
+    readme = (ROOT / "README.md").read_text()
+    lessons = sorted((ROOT / "lessons").glob("*.ipynb"))
+    assert lessons
+    for path in lessons:
+        first = nbformat.read(path, as_version=4).cells[0]
+        assert first.source == colab_install_cell().source, path.name
+        assert colab_url(path.name) in readme, f"README.md has no Colab link to {path.name}"
