@@ -61,6 +61,9 @@ def test_the_explorer_shows_the_pit_probability_rising_with_slip():
         pits.append(round(explorer.outcomes["pit"], 2))
         assert f"pit {explorer.outcomes['pit']:.2f}" in explorer.figure.axes[0].get_title()
     assert pits == [0.07, 0.58, 0.85]  # a step costs 1: ending early in a pit pays
+    mdp, pi = explorer.mdp, explorer.pi
+    # at slip 0.6 the arrows lead from S down, then right into the first pit
+    assert pi[mdp.state(2, 0)].argmax() == 2 and pi[mdp.state(3, 0)].argmax() == 1
 
 
 def test_moving_the_pit_slider_changes_the_reward_and_the_policy():
