@@ -40,12 +40,15 @@ import torch
 __all__ = [
     "ACTION_DELTAS",
     "ACTION_NAMES",
+    "TERMINAL_KINDS",
     "GridMDP",
     "TabularMDP",
+    "absorption_probabilities",
     "bellman_backup",
     "from_gymnasium",
     "greedy_policy",
     "gridworld",
+    "outcome_probabilities",
     "policy_evaluation",
     "q_from_v",
     "random_mdp",
@@ -887,6 +890,101 @@ def value_iteration(
         )
     Q = q_from_v(mdp64, V)
     return Q.max(-1).values.to(mdp.dtype), Q.to(mdp.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Where episodes end
+# ---------------------------------------------------------------------------------------------
+
+#: Name of each kind of terminal cell in ``outcome_probabilities``: ``gridworld`` goals and pits,
+#: FrozenLake goals and holes.
+TERMINAL_KINDS: dict[str, str] = {"G": "goal", "X": "pit", "H": "hole"}
+
+
+def absorption_probabilities(mdp: TabularMDP, pi: torch.Tensor) -> torch.Tensor:
+    """The probability that an episode following ``pi`` ends in each terminal state.
+
+    Taught in Lesson 01. Under a fixed policy the MDP is a Markov chain with transition matrix
+    ``P_pi[s, t] = sum_a pi[s, a] P[s, a, t]`` whose terminal states are absorbing. Split the
+    states into non-terminal ``N`` and terminal ``T``; then ``B[N, T]`` solves
+    ``(I - P_pi[N, N]) B[N, T] = P_pi[N, T]`` (first step: end in ``t`` now, or move to another
+    non-terminal state and end in ``t`` from there), and ``B[t, t] = 1`` at terminal states.
+    The discount plays no part: this counts where episodes end, not what they earn. The solve
+    is done in float64.
+
+    States from which ``pi`` never reaches a terminal state are left out of the solve (the
+    system is singular there) and get probability 0 of every ending, so a row of ``B`` sums to
+    the probability that the episode ends at all (less than 1 when it can loop forever).
+
+    Args:
+        mdp: The MDP.
+        pi: Policy, shape ``[S, A]``, rows sum to 1.
+
+    Returns:
+        ``B`` of shape ``[S, S]``, in the MDP's dtype: ``B[s, t]`` is the probability that the
+        episode started in ``s`` ends in ``t``; columns of non-terminal states are 0.
+
+    Example:
+        >>> mdp = gridworld(["X.SG"], slip=0.5)
+        >>> right = torch.tensor([[0.0, 1.0, 0.0, 0.0]]).repeat(4, 1)
+        >>> B = absorption_probabilities(mdp, right)  # slips go up or down: stays in place
+        >>> B[mdp.state(0, 2)].tolist()
+        [0.0, 0.0, 0.0, 1.0]
+    """
+    pi = _check_policy(mdp, pi).double()
+    P_pi = torch.einsum("sa,sat->st", pi, mdp.P.double())
+    B = torch.zeros(mdp.n_states, mdp.n_states, dtype=torch.float64, device=mdp.device)
+    ends = mdp.terminal.nonzero().flatten()
+    B[ends, ends] = 1.0
+    idx = (~mdp.terminal & _reaches_terminal(mdp, P_pi)).nonzero().flatten()
+    if len(idx) > 0:
+        A = torch.eye(len(idx), dtype=torch.float64, device=mdp.device) - P_pi[idx][:, idx]
+        B[idx[:, None], ends] = torch.linalg.solve(A, P_pi[idx][:, ends])
+    return B.to(mdp.dtype)
+
+
+def outcome_probabilities(mdp: GridMDP, pi: torch.Tensor) -> dict[str, float]:
+    """How episodes that start from ``mdp.initial`` and follow ``pi`` end, by kind of cell.
+
+    Taught in Lesson 01. Sums ``initial @ absorption_probabilities(mdp, pi)`` over the terminal
+    cells of each kind: ``"goal"`` (``G``), ``"pit"`` (``X``), ``"hole"`` (FrozenLake's ``H``),
+    (``"other"`` for any other letter), and adds ``"never"``, the probability that the episode
+    goes on forever. Only the kinds present in the layout appear, besides ``"never"``; the
+    values sum to 1.
+
+    Args:
+        mdp: A gridworld (from ``gridworld`` or ``from_gymnasium`` on FrozenLake).
+        pi: Policy, shape ``[S, A]``, rows sum to 1.
+
+    Returns:
+        A dict from kind to probability, e.g. ``{"goal": 0.93, "pit": 0.07, "never": 0.0}``.
+
+    Raises:
+        TypeError: If ``mdp`` is not a ``GridMDP`` (a plain ``TabularMDP`` has no cell kinds;
+            use ``absorption_probabilities``).
+
+    Example:
+        >>> mdp = gridworld(["X.SG"], slip=0.5)
+        >>> left = torch.tensor([[0.0, 0.0, 0.0, 1.0]]).repeat(4, 1)
+        >>> {kind: round(p, 6) for kind, p in outcome_probabilities(mdp, left).items()}
+        {'goal': 0.0, 'pit': 1.0, 'never': 0.0}
+    """
+    if not isinstance(mdp, GridMDP):
+        raise TypeError(
+            f"outcome_probabilities needs a GridMDP (from gridworld or FrozenLake), got "
+            f"{type(mdp).__name__}; use absorption_probabilities for any TabularMDP"
+        )
+    ending = mdp.initial.double() @ absorption_probabilities(mdp, pi).double()  # [S]
+    outcomes: dict[str, float] = {}
+    for s in mdp.terminal.nonzero().flatten().tolist():
+        row, col = mdp.cells[s]
+        kind = TERMINAL_KINDS.get(mdp.layout[row][col], "other")
+        outcomes[kind] = outcomes.get(kind, 0.0) + ending[s].item()
+    outcomes = {
+        kind: outcomes[kind] for kind in (*TERMINAL_KINDS.values(), "other") if kind in outcomes
+    }
+    outcomes["never"] = max(0.0, 1.0 - sum(outcomes.values()))
+    return outcomes
 
 
 # ---------------------------------------------------------------------------------------------

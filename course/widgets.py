@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import ipywidgets as widgets
 from IPython.display import display
 
-from course.mdp import greedy_policy, gridworld, value_iteration
+from course.mdp import greedy_policy, gridworld, outcome_probabilities, value_iteration
 from course.multitask import lam_final_bands, lam_sweep_bands
 from course.plots import plot_lam_sweep, plot_multitask_curves, plot_values
 
@@ -17,21 +17,25 @@ from course.plots import plot_lam_sweep, plot_multitask_curves, plot_values
 
 
 class GridworldExplorer(widgets.VBox):
-    """Sliders for ``gamma`` and ``slip`` that re-solve a gridworld and redraw its values.
+    """Sliders for ``gamma``, ``slip`` and the pit's reward that re-solve a gridworld and redraw it.
 
     Taught in Lesson 01. Every change of a slider builds the MDP again with
-    ``course.mdp.gridworld``, solves it with ``course.mdp.value_iteration`` and draws
-    ``V*`` with the greedy policy (``course.plots.plot_values``). The latest solution is kept
-    in ``mdp``, ``V``, ``Q``, ``pi`` and ``figure`` so that it can be inspected (or tested).
+    ``course.mdp.gridworld``, solves it with ``course.mdp.value_iteration``, computes where the
+    greedy policy's episodes from ``S`` end with ``course.mdp.outcome_probabilities``, and
+    draws ``V*`` with the greedy policy (``course.plots.plot_values``), the probabilities of
+    ending at the goal and in a pit in the title. The latest solution is kept in ``mdp``,
+    ``V``, ``Q``, ``pi``, ``outcomes`` and ``figure`` so that it can be inspected (or tested).
 
     Attributes:
         gamma_slider: The discount slider.
         slip_slider: The slip-probability slider.
+        pit_slider: The slider of the extra reward of entering a pit (a cost: at most 0).
         output: Where the figure is drawn.
         mdp: The current ``GridMDP``.
         V: Optimal values ``[S]`` of the current MDP.
         Q: Optimal action values ``[S, A]``.
         pi: Greedy one-hot policy ``[S, A]`` (ties within 1e-9 to the lowest action).
+        outcomes: ``outcome_probabilities(mdp, pi)``: how episodes from ``S`` end.
         figure: The current figure.
         grid_layout: The rows of the map (``layout`` is the widget's CSS layout).
     """
@@ -46,7 +50,7 @@ class GridworldExplorer(widgets.VBox):
         pit_reward: float = -10.0,
     ) -> None:
         self.grid_layout = list(layout)
-        self.rewards = dict(step_reward=step_reward, goal_reward=goal_reward, pit_reward=pit_reward)
+        self.rewards = dict(step_reward=step_reward, goal_reward=goal_reward)
         style = {"description_width": "initial"}
         self.gamma_slider = widgets.FloatSlider(
             value=gamma, min=0.5, max=0.99, step=0.01, description="gamma", style=style
@@ -54,10 +58,19 @@ class GridworldExplorer(widgets.VBox):
         self.slip_slider = widgets.FloatSlider(
             value=slip, min=0.0, max=0.6, step=0.05, description="slip", style=style
         )
+        self.pit_slider = widgets.FloatSlider(
+            value=pit_reward,
+            min=min(-100.0, pit_reward),
+            max=max(0.0, pit_reward),
+            step=1.0,
+            description="pit reward",
+            style=style,
+        )
         self.output = widgets.Output()
-        super().__init__([widgets.HBox([self.gamma_slider, self.slip_slider]), self.output])
-        self.gamma_slider.observe(self._on_change, names="value")
-        self.slip_slider.observe(self._on_change, names="value")
+        sliders = widgets.HBox([self.gamma_slider, self.slip_slider, self.pit_slider])
+        super().__init__([sliders, self.output])
+        for slider in (self.gamma_slider, self.slip_slider, self.pit_slider):
+            slider.observe(self._on_change, names="value")
         self.update()
 
     def _on_change(self, change: dict) -> None:
@@ -66,14 +79,22 @@ class GridworldExplorer(widgets.VBox):
     def update(self) -> None:
         """Re-solves the gridworld for the sliders' values and redraws the figure."""
         gamma, slip = float(self.gamma_slider.value), float(self.slip_slider.value)
-        self.mdp = gridworld(self.grid_layout, slip=slip, gamma=gamma, **self.rewards)
-        self.V, self.Q = value_iteration(self.mdp, tol=1e-6)
+        pit_reward = float(self.pit_slider.value)
+        self.mdp = gridworld(
+            self.grid_layout, slip=slip, gamma=gamma, pit_reward=pit_reward, **self.rewards
+        )
+        self.V, self.Q = value_iteration(self.mdp)
         self.pi = greedy_policy(self.Q, atol=1e-9)
+        self.outcomes = outcome_probabilities(self.mdp, self.pi)
+        ends = ", ".join(
+            f"{kind} {p:.2f}" for kind, p in self.outcomes.items() if kind != "never" or p > 1e-9
+        )
         self.figure = plot_values(
             self.mdp,
             self.V,
             self.pi,
-            title=f"V* and greedy policy, gamma={gamma:g}, slip={slip:g}",
+            title=f"gamma={gamma:g}, slip={slip:g}, pit reward={pit_reward:g}\n"
+            f"episodes from S end: {ends}",
         )
         with self.output:
             self.output.clear_output(wait=True)
@@ -88,10 +109,11 @@ def gridworld_explorer(
     goal_reward: float = 0.0,
     pit_reward: float = -10.0,
 ) -> GridworldExplorer:
-    """An interactive gridworld: sliders for ``gamma`` and ``slip`` re-solve and redraw it.
+    """An interactive gridworld: sliders for ``gamma``, ``slip`` and the pit's reward.
 
     Taught in Lesson 01. See ``GridworldExplorer``; the rewards are those of
-    ``course.mdp.gridworld``.
+    ``course.mdp.gridworld``. Each change re-solves the map and redraws ``V*``, the greedy
+    policy, and the probabilities that its episodes end at the goal or in a pit.
 
     Args:
         layout: Rows of the map (``S`` start, ``G`` goal, ``X`` pit, ``#`` wall, ``.`` floor).
@@ -99,7 +121,7 @@ def gridworld_explorer(
         slip: Initial probability that a move goes sideways, in ``[0, 0.6]``.
         step_reward: Reward of every move.
         goal_reward: Extra reward of entering a goal.
-        pit_reward: Extra reward of entering a pit.
+        pit_reward: Initial extra reward of entering a pit (the slider spans -100 to 0).
 
     Returns:
         The explorer widget; display it (last line of a cell) to use it.

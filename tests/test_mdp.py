@@ -16,10 +16,12 @@ from course.mdp import (
     ACTION_DELTAS,
     GridMDP,
     TabularMDP,
+    absorption_probabilities,
     bellman_backup,
     from_gymnasium,
     greedy_policy,
     gridworld,
+    outcome_probabilities,
     policy_evaluation,
     q_from_v,
     random_mdp,
@@ -492,6 +494,157 @@ def test_runs_on_cuda():
     assert (
         random_mdp(5, 2, 0.9, torch.Generator().manual_seed(0), device="cuda").device.type == "cuda"
     )
+
+
+# --- where episodes end ---------------------------------------------------------------------------
+
+EXPLORER_MAP = [".......", ".......", "S.....G", ".XXXXX."]
+
+
+def _constant_policy(mdp: TabularMDP, action: int) -> torch.Tensor:
+    pi = torch.zeros(mdp.n_states, mdp.n_actions, dtype=mdp.dtype)
+    pi[:, action] = 1.0
+    return pi
+
+
+def _optimal_policy(mdp: TabularMDP) -> torch.Tensor:
+    return greedy_policy(value_iteration(mdp, tol=1e-10)[1], atol=1e-9)
+
+
+def _simulate_endings(
+    mdp: TabularMDP, pi: torch.Tensor, start: int, n_episodes: int, max_steps: int, seed: int
+) -> torch.Tensor:
+    """Monte Carlo: the fraction of episodes from ``start`` that end in each state, [S]."""
+    generator = torch.Generator().manual_seed(seed)
+    P_pi = torch.einsum("sa,sat->st", pi.double(), mdp.P.double())
+    state = torch.full((n_episodes,), start, dtype=torch.long)
+    for _ in range(max_steps):
+        live = ~mdp.terminal[state]
+        if not live.any():
+            break
+        state[live] = torch.multinomial(P_pi[state[live]], 1, generator=generator).squeeze(-1)
+    ended = mdp.terminal[state]
+    return torch.bincount(state[ended], minlength=mdp.n_states).double() / n_episodes
+
+
+def test_absorption_gamblers_ruin_by_hand():
+    # a walk on 0..4 that steps up with probability p; 0 and 4 end the episode:
+    # Pr(end at 4 | start i) = (1 - r^i) / (1 - r^4) with r = (1 - p) / p
+    p, n = 0.6, 4
+    P = torch.zeros(n + 1, 1, n + 1, dtype=torch.float64)
+    P[0, 0, 0] = P[n, 0, n] = 1.0
+    for i in range(1, n):
+        P[i, 0, i + 1], P[i, 0, i - 1] = p, 1 - p
+    mdp = TabularMDP(P, torch.zeros(n + 1, 1), 0.9, terminal=[True, False, False, False, True])
+    B = absorption_probabilities(mdp, torch.ones(n + 1, 1))
+    r = (1 - p) / p
+    for i in range(1, n):
+        assert B[i, n].item() == pytest.approx((1 - r**i) / (1 - r**n), abs=1e-12)
+        assert B[i, 0].item() == pytest.approx(1 - (1 - r**i) / (1 - r**n), abs=1e-12)
+    assert B[0].tolist() == [1.0, 0, 0, 0, 0] and B[n].tolist() == [0, 0, 0, 0, 1.0]
+    assert (B[:, 1:n] == 0).all()  # no episode ends in a non-terminal state
+
+
+def test_absorption_in_a_corridor_by_hand():
+    mdp = gridworld(["XSG"], slip=0.2)  # states 0 pit, 1 start, 2 goal
+    assert absorption_probabilities(mdp, _constant_policy(mdp, RIGHT))[1].tolist() == [
+        0.0,
+        0.0,
+        1.0,
+    ]  # slips go up or down: off the border, so the agent stays and tries again
+    up = outcome_probabilities(mdp, _constant_policy(mdp, UP))
+    assert up == pytest.approx({"goal": 0.5, "pit": 0.5, "never": 0.0}, abs=1e-12)
+    # without slip, bumping into the border forever never ends the episode
+    still = outcome_probabilities(gridworld(["XSG"]), _constant_policy(mdp, UP))
+    assert still == pytest.approx({"goal": 0.0, "pit": 0.0, "never": 1.0}, abs=1e-12)
+
+
+def test_absorption_does_not_depend_on_the_discount_or_the_rewards():
+    mdp = gridworld(EXPLORER_MAP, slip=0.3, gamma=0.5)
+    pi = random_policy(mdp, torch.Generator().manual_seed(0))
+    B = absorption_probabilities(mdp, pi)
+    other = gridworld(EXPLORER_MAP, slip=0.3, gamma=0.99, step_reward=0.0, pit_reward=-3.0)
+    torch.testing.assert_close(absorption_probabilities(other, pi), B, atol=1e-12, rtol=0)
+
+
+def test_absorption_agrees_with_the_chain_run_for_many_steps():
+    gen = torch.Generator().manual_seed(3)
+    mdp = random_mdp(12, 3, 1.0, gen, n_terminal=3)  # gamma = 1: every policy terminates
+    pi = random_policy(mdp, gen)
+    B = absorption_probabilities(mdp, pi)
+    P_pi = torch.einsum("sa,sat->st", pi, mdp.P)
+    far = torch.linalg.matrix_power(P_pi, 2000)  # mass left after 2000 steps is where it ended
+    torch.testing.assert_close(B[:, mdp.terminal], far[:, mdp.terminal], atol=1e-10, rtol=0)
+    torch.testing.assert_close(B.sum(-1), torch.ones(12, dtype=torch.float64), atol=1e-10, rtol=0)
+
+
+def test_absorption_with_a_loop_that_never_ends():
+    # state 0 moves to 1 or 2 with probability 1/2 each; 1 loops on itself forever; 2 is terminal
+    P = torch.tensor([[[0.0, 0.5, 0.5]], [[0.0, 1.0, 0.0]], [[0.0, 0.0, 1.0]]], dtype=torch.float64)
+    mdp = TabularMDP(P, torch.zeros(3, 1), 0.9, terminal=[False, False, True])
+    B = absorption_probabilities(mdp, torch.ones(3, 1))
+    assert B.tolist() == [[0.0, 0.0, 0.5], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+
+
+@pytest.mark.parametrize("slip", [0.2, 0.5])
+def test_absorption_agrees_with_monte_carlo(slip):
+    mdp = gridworld(EXPLORER_MAP, slip=slip)
+    start = mdp.state(2, 0)
+    for pi in (_optimal_policy(mdp), random_policy(mdp, torch.Generator().manual_seed(1))):
+        exact = absorption_probabilities(mdp, pi)[start]
+        n = 20_000
+        measured = _simulate_endings(mdp, pi, start, n, max_steps=2_000, seed=0)
+        # 5 standard errors of a binomial proportion, plus a little for p near 0 or 1
+        bound = 5 * (exact * (1 - exact) / n).sqrt() + 1e-3
+        assert ((measured - exact).abs() <= bound).all(), (measured - exact).abs().max()
+
+
+def test_outcomes_of_the_optimal_policy_on_the_lesson_map():
+    # Lesson 01's explorer: a step costs 1 and a pit 10 more, so with enough slip the long
+    # walk around the pits costs more than ending the episode in one
+    def pit(gamma, slip, **rewards):
+        mdp = gridworld(EXPLORER_MAP, slip=slip, gamma=gamma, **rewards)
+        outcomes = outcome_probabilities(mdp, _optimal_policy(mdp))
+        assert outcomes["goal"] + outcomes["pit"] == pytest.approx(1.0, abs=1e-9)
+        assert outcomes["never"] == pytest.approx(0.0, abs=1e-9)
+        return outcomes["pit"]
+
+    assert pit(0.95, 0.0) == pytest.approx(0.0, abs=1e-12)
+    assert [round(pit(0.95, slip), 2) for slip in (0.2, 0.4, 0.6)] == [0.07, 0.58, 0.85]
+    assert round(pit(0.99, 0.6), 2) == 0.98
+    # walking forever is worth -1 / (1 - 0.9) = -10 > -11: at gamma 0.9 a pit never pays
+    assert pit(0.9, 0.6) == pytest.approx(0.0, abs=1e-9)
+    for slip in (0.2, 0.4, 0.6):  # a pit that costs 100, or no cost per step: no pit
+        assert pit(0.95, slip, pit_reward=-100.0) == pytest.approx(0.0, abs=1e-9)
+        assert pit(0.95, slip, step_reward=0.0, goal_reward=1.0) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_outcomes_on_frozen_lake_match_the_value_of_the_goal():
+    # FrozenLake pays 1 at the goal only, so at gamma = 1 V^pi(start) = Pr(goal)
+    lake = from_gymnasium(gym.make("FrozenLake-v1", is_slippery=True), gamma=1.0)
+    V, Q = value_iteration(lake)
+    outcomes = outcome_probabilities(lake, greedy_policy(Q, atol=1e-9))
+    assert set(outcomes) == {"goal", "hole", "never"}
+    assert outcomes["goal"] == pytest.approx(V[0].item(), abs=1e-6)
+    assert sum(outcomes.values()) == pytest.approx(1.0, abs=1e-12)
+    pi = random_policy(lake, torch.Generator().manual_seed(2))
+    assert outcome_probabilities(lake, pi)["goal"] == pytest.approx(
+        policy_evaluation(lake, pi)[0].item(), abs=1e-9
+    )
+
+
+def test_outcomes_keep_the_dtype_free_and_reject_bad_input():
+    mdp32 = gridworld(EXPLORER_MAP, slip=0.4, dtype=torch.float32)
+    mdp64 = gridworld(EXPLORER_MAP, slip=0.4)
+    pi = _optimal_policy(mdp64)
+    assert absorption_probabilities(mdp32, pi).dtype == torch.float32
+    assert outcome_probabilities(mdp32, pi) == pytest.approx(
+        outcome_probabilities(mdp64, pi), abs=1e-5
+    )
+    with pytest.raises(TypeError, match="needs a GridMDP"):
+        outcome_probabilities(hand_mdp(), torch.ones(3, 2) / 2)
+    with pytest.raises(ValueError, match="pi has shape"):
+        absorption_probabilities(mdp64, torch.ones(3, 4) / 4)
 
 
 # --- random MDPs and policies -------------------------------------------------------------------
