@@ -5,5 +5,6 @@ from course.grading.exercises import (  # noqa: F401
     mdp,
     multitask,
     replay,
+    td,
     transfer,
 )
