@@ -47,6 +47,9 @@ from course.mdp import GridMDP, gridworld
 __all__ = [
     "CARTPOLE_TASKS",
     "GRID_LAYOUT",
+    "RANDOMISABLE",
+    "CartPoleRandomisedVectorEnv",
+    "CartPoleTaskDistribution",
     "GRID_OBS_MODES",
     "CartPoleFamilyEnv",
     "CartPoleFamilyVectorEnv",
@@ -57,6 +60,7 @@ __all__ = [
     "grid_tasks",
     "make_cartpole_vec",
     "make_grid_vec",
+    "make_randomised_cartpole_vec",
 ]
 
 
@@ -573,6 +577,184 @@ def _cartpole_vector_entry_point(
         max_episode_steps=max_episode_steps,
         autoreset_mode=autoreset_mode,
         render_mode=render_mode,
+    )
+
+
+# --- domain randomisation (Lesson 06) ----------------------------------------------------------
+
+RANDOMISABLE: tuple[str, ...] = ("length", "masspole", "masscart", "gravity", "force_mag")
+"""The physics parameters a :class:`CartPoleTaskDistribution` can draw."""
+
+
+@dataclass(frozen=True)
+class CartPoleTaskDistribution:
+    """A distribution over CartPole tasks: some physics parameters uniform in ranges (Lesson 06).
+
+    Attributes:
+        ranges: ``(parameter, low, high)`` triples, each parameter one of :data:`RANDOMISABLE`,
+            drawn uniformly in ``[low, high)`` (or log-uniformly, see ``log_uniform``).
+        base: The task that supplies every parameter not in ``ranges``.
+        log_uniform: Draw ``log(parameter)`` uniformly instead: as many tasks between 0.25
+            and 0.5 as between 1 and 2.
+    """
+
+    ranges: tuple[tuple[str, float, float], ...] = (("length", 0.25, 1.0),)
+    base: CartPoleTask = CartPoleTask()
+    log_uniform: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.ranges:
+            raise ValueError("ranges is empty; give at least one (parameter, low, high)")
+        names = [r[0] for r in self.ranges]
+        for name, low, high in self.ranges:
+            if name not in RANDOMISABLE:
+                raise ValueError(f"cannot randomise {name!r}; use one of {RANDOMISABLE}")
+            if not (0 < low <= high and math.isfinite(high)):
+                raise ValueError(
+                    f"range of {name} is ({low}, {high}); it needs 0 < low <= high < inf"
+                )
+        if len(set(names)) != len(names):
+            raise ValueError(f"ranges names a parameter twice: {names}")
+
+    def task_from_unit(self, u: Sequence[float]) -> CartPoleTask:
+        """The task at unit coordinates ``u`` (one number in ``[0, 1)`` per range)."""
+        values = self.values_from_unit(np.asarray(u, dtype=np.float64)[None])
+        return dataclasses.replace(self.base, **{k: float(v[0]) for k, v in values.items()})
+
+    def values_from_unit(self, u: np.ndarray) -> dict[str, np.ndarray]:
+        """``u[n, len(ranges)]`` in ``[0, 1)`` to ``{parameter: values[n]}``."""
+        out = {}
+        for j, (name, low, high) in enumerate(self.ranges):
+            if self.log_uniform:
+                out[name] = np.exp(np.log(low) + (np.log(high) - np.log(low)) * u[:, j])
+            else:
+                out[name] = low + (high - low) * u[:, j]
+        return out
+
+
+class CartPoleRandomisedVectorEnv(CartPoleFamilyVectorEnv):
+    """Batched CartPole that draws a fresh task for each sub-env at every episode start.
+
+    ## Description
+
+    Domain randomisation (Tobin et al. 2017; Lesson 06): a `CartPoleFamilyVectorEnv` whose
+    physics is not fixed per sub-env but drawn from a `CartPoleTaskDistribution` whenever a
+    sub-env starts an episode (at ``reset`` and at every autoreset), so an agent trained on it
+    never sees the same task twice. Within an episode the physics is constant.
+
+    ## Action Space, Observation Space, Rewards, Starting State, Episode End
+
+    As `CartPoleFamilyVectorEnv`. The start states use the same per-sub-env streams, so with a
+    distribution of a single point (``low == high``) this env reproduces
+    `CartPoleFamilyVectorEnv` on that task step for step.
+
+    ## Arguments
+
+    - ``distribution``: the `CartPoleTaskDistribution`.
+    - ``num_envs``: sub-envs.
+    - ``max_episode_steps``, ``autoreset_mode``: as `CartPoleFamilyVectorEnv`.
+
+    The physics of every sub-env's current episode is in the arrays ``length``, ``masspole``,
+    ... (one entry per sub-env); `current_tasks` lists it as `CartPoleTask` objects. The task
+    draws come from their own per-sub-env streams, seeded from ``reset(seed=...)`` like the
+    start states but independent of them. Rendering draws every sub-env with the base task's
+    pole.
+    """
+
+    def __init__(
+        self,
+        distribution: CartPoleTaskDistribution,
+        num_envs: int = 1,
+        max_episode_steps: int = 500,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+    ) -> None:
+        if not isinstance(distribution, CartPoleTaskDistribution):
+            raise TypeError(
+                "distribution must be a CartPoleTaskDistribution, got "
+                f"{type(distribution).__name__}"
+            )
+        super().__init__(
+            [distribution.base],
+            envs_per_task=num_envs,
+            max_episode_steps=max_episode_steps,
+            autoreset_mode=autoreset_mode,
+        )
+        self.distribution = distribution
+        self._task_streams: _UniformStreams | None = None
+
+    def current_tasks(self) -> list[CartPoleTask]:
+        """The task of every sub-env's current episode."""
+        return [
+            CartPoleTask(
+                length=float(self.length[i]),
+                masspole=float(self.masspole[i]),
+                masscart=float(self.masscart[i]),
+                gravity=float(self.gravity[i]),
+                force_mag=float(self.force_mag[i]),
+                mirrored=bool(self.mirrored[i]),
+            )
+            for i in range(self.num_envs)
+        ]
+
+    def _draw_tasks(self, idx: np.ndarray) -> None:
+        assert self._task_streams is not None
+        u = self._task_streams.uniform(idx, 0.0, 1.0)
+        for name, values in self.distribution.values_from_unit(u).items():
+            getattr(self, name)[idx] = values
+
+    def reset(
+        self,
+        *,
+        seed: int | Sequence[int] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Resets every sub-env and draws a task for each (arguments as the family env)."""
+        if seed is not None or self._task_streams is None:
+            streams = _seed_streams(seed, self.num_envs)
+            # independent of the start-state streams: derived seeds, not the same ones
+            generators = [np.random.default_rng(g.integers(2**63)) for g in streams]
+            self._task_streams = _UniformStreams(generators, len(self.distribution.ranges), 32)
+        obs, info = super().reset(seed=seed, options=options)
+        self._draw_tasks(np.arange(self.num_envs))
+        return obs, info
+
+    def step(
+        self, action: np.ndarray | torch.Tensor | Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Steps every sub-env; a sub-env that starts a new episode gets a new task."""
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP and self.state is not None:
+            starting = np.flatnonzero(self.prev_done)  # these sub-envs reset in this step
+            if starting.size:
+                self._draw_tasks(starting)
+        obs, reward, terminated, truncated, info = super().step(action)
+        if self.autoreset_mode == AutoresetMode.SAME_STEP:
+            ended = np.flatnonzero(terminated | truncated)
+            if ended.size:
+                self._draw_tasks(ended)
+        return obs, reward, terminated, truncated, info
+
+
+def make_randomised_cartpole_vec(
+    distribution: CartPoleTaskDistribution,
+    num_envs: int = 1,
+    *,
+    max_episode_steps: int = 500,
+    autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+) -> CartPoleRandomisedVectorEnv:
+    """Builds a `CartPoleRandomisedVectorEnv` (a ``make_env`` for ``train_dqn`` via a lambda).
+
+    Example:
+        >>> dist = CartPoleTaskDistribution((("length", 0.25, 1.0),))
+        >>> envs = make_randomised_cartpole_vec(dist, 4)
+        >>> obs, info = envs.reset(seed=0)
+        >>> bool(((envs.length >= 0.25) & (envs.length < 1.0)).all())
+        True
+    """
+    return CartPoleRandomisedVectorEnv(
+        distribution,
+        num_envs=num_envs,
+        max_episode_steps=max_episode_steps,
+        autoreset_mode=autoreset_mode,
     )
 
 

@@ -423,3 +423,142 @@ def plot_conflict(
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.8)
     return fig
+
+
+# =============================================================================================
+# Lesson 06: generalising to new tasks
+# =============================================================================================
+
+_GENERALISATION_COLOURS = {
+    "reptile": "#8250df",
+    "pretrained": "#bf8700",
+    "scratch": "#57606a",
+    "default": "#0969da",
+    "multitask": "#1a7f37",
+    "randomised": "#cf222e",
+}
+
+
+def plot_adaptation_curves(
+    steps: np.ndarray | torch.Tensor,
+    bands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    ylabel: str = "query MSE on held-out tasks",
+    xlabel: str = "adaptation steps",
+    title: str | None = None,
+    ax: Axes | None = None,
+) -> Figure:
+    """One band per initialisation: the error (or return) along adaptation or fine-tuning.
+
+    Taught in Lesson 06. The bands come from `course.evaluation.curve_band` over seeds.
+
+    Args:
+        steps: ``[T]`` adaptation steps (or environment steps).
+        bands: Method name -> ``(estimate, low, high)``, each ``[T]``.
+        ylabel: Label of the y axis.
+        xlabel: Label of the x axis.
+        title: Optional title.
+        ax: Axes to draw on (default: a new figure).
+
+    Returns:
+        The figure (not registered with pyplot).
+    """
+    fig, ax = _figure_and_axes(ax, (4.6, 3.2))
+    x = np.asarray(steps)
+    for name, band in bands.items():
+        _band(ax, x, band, _GENERALISATION_COLOURS.get(name), name, alpha=0.2, linewidth=1.5)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_generalisation_curve(
+    values: np.ndarray | torch.Tensor | Sequence[float],
+    bands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    marks: dict[str, Sequence[float]] | None = None,
+    family: tuple[float, float] | None = None,
+    xlabel: str = "pole half-length (m)",
+    ylabel: str = "greedy return",
+    ax: Axes | None = None,
+) -> Figure:
+    """Return against a physics parameter for each agent, with bands over seeds.
+
+    Taught in Lesson 06. The x axis is logarithmic (the family is log-uniform).
+
+    Args:
+        values: ``[G]`` parameter values of the grid tasks.
+        bands: Agent name -> ``(estimate, low, high)``, each ``[G]``.
+        marks: Part name (``"train"``, ``"validation"``, ``"test"``) -> parameter values of its
+            tasks, drawn as ticks along the bottom.
+        family: ``(low, high)`` of the training family, shaded.
+        xlabel: Label of the x axis.
+        ylabel: Label of the y axis.
+        ax: Axes to draw on (default: a new figure).
+
+    Returns:
+        The figure (not registered with pyplot).
+    """
+    fig, ax = _figure_and_axes(ax, (6.0, 3.6))
+    x = np.asarray(values, dtype=float)
+    if family is not None:
+        ax.axvspan(*family, color="#d0d7de", alpha=0.35, linewidth=0, label="training family")
+    for name, band in bands.items():
+        _band(ax, x, band, _GENERALISATION_COLOURS.get(name), name, alpha=0.15, marker="o", ms=3)
+    styles = {"train": ("#1a7f37", "^"), "validation": ("#bf8700", "s"), "test": ("#8250df", "v")}
+    for part, where in (marks or {}).items():
+        colour, marker = styles.get(part, ("#57606a", "|"))
+        ax.plot(
+            np.asarray(where, dtype=float),
+            np.zeros(len(where)),
+            linestyle="none",
+            marker=marker,
+            color=colour,
+            label=f"{part} tasks",
+            clip_on=False,
+        )
+    ax.set_xscale("log")
+    ax.set_xticks(x, [f"{v:.2g}" for v in x], fontsize=7)
+    ax.minorticks_off()
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def plot_task_bars(
+    values: dict[str, tuple[float, float, float]],
+    title: str = "",
+    ylabel: str = "greedy return",
+    ymax: float = 500.0,
+    ax: Axes | None = None,
+) -> Figure:
+    """One bar per agent with its interval: how each agent does on a single task.
+
+    Taught in Lesson 06 (the widget).
+
+    Args:
+        values: Agent name -> ``(estimate, low, high)``.
+        title: Title (e.g. the task).
+        ylabel: Label of the y axis.
+        ymax: Upper limit of the y axis.
+        ax: Axes to draw on (default: a new figure).
+
+    Returns:
+        The figure (not registered with pyplot).
+    """
+    fig, ax = _figure_and_axes(ax, (4.0, 3.0))
+    names = list(values)
+    est = np.array([values[n][0] for n in names])
+    low = np.array([values[n][1] for n in names])
+    high = np.array([values[n][2] for n in names])
+    colours = [_GENERALISATION_COLOURS.get(n, "#57606a") for n in names]
+    ax.bar(names, est, color=colours, alpha=0.8)
+    ax.errorbar(names, est, yerr=[est - low, high - est], fmt="none", color="black", capsize=4)
+    ax.set_ylim(0, ymax)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig

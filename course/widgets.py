@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import ipywidgets as widgets
 from IPython.display import display
 
+from course.evaluation import mean_ci
 from course.mdp import greedy_policy, gridworld, outcome_probabilities, value_iteration
 from course.multitask import lam_final_bands, lam_sweep_bands
-from course.plots import plot_lam_sweep, plot_multitask_curves, plot_values
+from course.plots import plot_lam_sweep, plot_multitask_curves, plot_task_bars, plot_values
 
 # =============================================================================================
 # Lesson 01: MDPs
@@ -175,3 +177,42 @@ class LamExplorer(widgets.VBox):
             self.output.clear_output(wait=True)
             display(self.curves_figure)
             display(self.sweep_figure)
+
+
+# =============================================================================================
+# Lesson 06: generalising to new tasks
+# =============================================================================================
+
+
+class GeneralisationExplorer(widgets.VBox):
+    """A slider over the pole's half-length: every agent's return on that task, with intervals.
+
+    Taught in Lesson 06. ``result`` is a `course.meta.GeneralisationResult`; moving the slider
+    runs each arm's agents on the chosen task (`GeneralisationResult.on_task`) and draws the
+    mean over seeds with its t interval (`course.evaluation.mean_ci`) with
+    `course.plots.plot_task_bars`. The latest figure is kept in ``figure``.
+    """
+
+    def __init__(self, result, lengths: Sequence[float], n_episodes: int = 3) -> None:
+        self.result = result
+        self.n_episodes = n_episodes
+        self.slider = widgets.SelectionSlider(
+            options=[(f"{x:.2g}", float(x)) for x in lengths],
+            value=float(lengths[len(lengths) // 2]),
+            description="half-length",
+            continuous_update=False,
+        )
+        self.output = widgets.Output()
+        self.slider.observe(lambda change: self.redraw(), names="value")
+        super().__init__([self.slider, self.output])
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Evaluate every agent on the slider's task and draw the bars."""
+        task = dataclasses.replace(self.result.grid[0], length=self.slider.value)
+        returns = self.result.on_task(task, self.n_episodes)
+        self.values = {arm: tuple(mean_ci(r)) for arm, r in returns.items()}
+        self.figure = plot_task_bars(self.values, title=f"pole half-length {task.length:.2g} m")
+        with self.output:
+            self.output.clear_output(wait=True)
+            display(self.figure)

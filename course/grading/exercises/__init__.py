@@ -3,6 +3,7 @@
 from course.grading.exercises import (  # noqa: F401
     dqn,
     mdp,
+    meta,
     multitask,
     replay,
     td,
