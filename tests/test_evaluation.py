@@ -11,10 +11,14 @@ from gymnasium.vector import AutoresetMode
 from course.evaluation import (
     ConfidenceInterval,
     bootstrap_ci,
+    compare,
+    compare_censored,
+    curve_band,
     curve_ci,
     evaluate_policy,
     iqm,
     mean,
+    mean_ci,
     stratified_bootstrap_ci,
     wilson_interval,
 )
@@ -194,3 +198,108 @@ def test_q_comparison_by_hand():
     assert c.greedy_optimal == pytest.approx(0.5)
     with pytest.raises(ValueError, match="shape"):
         q_comparison(q[:2], q_star, torch.tensor([False, False, True]))
+
+
+# ---------------------------------------------------------------------------------------------
+# t intervals and verdicts
+# ---------------------------------------------------------------------------------------------
+
+
+def test_t_quantile_matches_tables():
+    from course.evaluation import t_quantile
+
+    # two-sided 95% critical values from any t table
+    for df, expected in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (29, 2.0452)]:
+        assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
+    assert t_quantile(0.025, 9) == pytest.approx(-2.2622, abs=1e-4)
+    assert t_quantile(0.5, 3) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="degree of freedom"):
+        t_quantile(0.9, 0)
+
+
+def _coverage(draw, n: int, trials: int, interval) -> float:
+    rng = np.random.default_rng(n)
+    hits = 0
+    for _ in range(trials):
+        values, truth = draw(rng, n)
+        ci = interval(values)
+        hits += ci.low <= truth <= ci.high
+    return hits / trials
+
+
+NORMAL = ("normal", lambda rng, n: (rng.normal(3.0, 2.0, n), 3.0))
+SKEWED = ("gamma(2)", lambda rng, n: (rng.gamma(2.0, 1.0, n), 2.0))
+
+
+@pytest.mark.parametrize("n", [5, 10, 20])
+@pytest.mark.parametrize("name,draw", [NORMAL, SKEWED])
+def test_mean_ci_keeps_its_coverage_at_the_seed_counts_the_lessons_use(name, draw, n):
+    coverage = _coverage(draw, n, 2000, mean_ci)
+    assert coverage >= 0.90, f"{name}, n={n}: a nominal 95% interval covered {coverage:.1%}"
+    assert coverage <= 0.98
+
+
+def test_percentile_bootstrap_undercovers_at_five_seeds():
+    # the reason mean_ci exists: the bootstrap treats 5 values as the whole population
+    coverage = _coverage(NORMAL[1], 5, 1000, lambda v: bootstrap_ci(v, n_resamples=400))
+    assert coverage < 0.90
+
+
+def test_curve_band_is_mean_ci_at_every_step():
+    curves = np.random.default_rng(1).normal(size=(6, 4))
+    estimate, low, high = curve_band(curves)
+    for t in range(4):
+        ci = mean_ci(curves[:, t])
+        assert (estimate[t], low[t], high[t]) == pytest.approx(tuple(ci))
+    with pytest.raises(ValueError, match="at least 2"):
+        curve_band(curves[:1])
+
+
+def test_compare_paired_uses_per_seed_differences():
+    rng = np.random.default_rng(3)
+    seed_effect = rng.normal(0.0, 10.0, 10)  # shared by both arms: cancels when paired
+    a, b = seed_effect + 1.0 + rng.normal(0, 0.1, 10), seed_effect
+    paired = compare(a, b, names=("new", "old"))
+    assert paired.verdict == "new better"
+    assert paired.difference.estimate == pytest.approx(np.mean(a - b))
+    assert paired.difference == mean_ci(a - b)
+    unpaired = compare(a, b, names=("new", "old"), paired=False)
+    assert unpaired.verdict == "cannot tell at 10 seeds"
+    assert "new - old" in str(paired) and "-> new better" in str(paired)
+
+
+def test_compare_verdicts_and_direction():
+    low, high = [1.0, 1.2, 0.9, 1.1], [2.0, 2.1, 1.9, 2.2]
+    assert compare(high, low).verdict == "A better"
+    assert compare(low, high).verdict == "B better"
+    assert compare(low, high, higher_is_better=False).verdict == "A better"
+    assert compare(low, low).verdict == "cannot tell at 4 seeds"
+    with pytest.raises(ValueError, match="shared seed"):
+        compare([1.0, 2.0], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="at least 2"):
+        compare([1.0], [2.0])
+
+
+def test_compare_paired_coverage_of_the_difference():
+    def interval(values):
+        return compare(values[0], values[1]).difference
+
+    def draw(rng, n):
+        base = rng.normal(0, 5, n)
+        return (base + rng.normal(0.5, 1.0, n), base), 0.5
+
+    assert _coverage(draw, 5, 2000, interval) >= 0.90
+
+
+def test_compare_censored_counts_never_as_the_budget():
+    result = compare_censored(
+        [100, 200, 150, 120],
+        [None, 900, float("inf"), 800],
+        budget=1000,
+        names=("fine-tuned", "scratch"),
+    )
+    assert result.verdict == "fine-tuned better"
+    assert result.difference.estimate == pytest.approx(
+        np.mean([100 - 1000, 200 - 900, 150 - 1000, 120 - 800])
+    )
+    assert "2 of scratch" in str(result) and "0 run(s) of fine-tuned" in str(result)
