@@ -11,12 +11,16 @@ The module reads top to bottom:
 1. the world: `LandmarkTask`, its PettingZoo env `LandmarkEnv`, its batched form
    `BatchedLandmarkEnv`, and its exact MDPs (`agent_mdp`, `joint_mdp`) with the exact score of
    the agents' greedy policies (`team_score`);
-2. the two graded pieces, `with_agent_id` and `vdn_td_target`.
+2. the two graded pieces, `with_agent_id` and `vdn_td_target`;
+3. the learners (`MARLConfig`, `train_marl`, `train_arms`) and the summaries the lesson prints
+   (`format_scaling`, `compare_arms`: verdicts from the interval of a paired difference).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -26,10 +30,27 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 from pettingzoo import ParallelEnv
 
+from course.dqn import dqn_loss, epsilon_greedy, linear_schedule, soft_update, td_target
+from course.evaluation import Comparison, compare, curve_band, mean_ci
 from course.mdp import TabularMDP
+from course.replay import PopulationReplay
 
 __all__ = [
     "ACTION_NAMES",
+    "ARMS",
+    "LESSON_CONFIG",
+    "LESSON_TASK",
+    "AgentNetworks",
+    "MARLConfig",
+    "MARLResult",
+    "arm_config",
+    "compare_arms",
+    "compare_scaling",
+    "format_scaling",
+    "scaling_bands",
+    "score_bands",
+    "train_arms",
+    "train_marl",
     "BatchedLandmarkEnv",
     "LandmarkEnv",
     "LandmarkStep",
@@ -55,7 +76,8 @@ _MOVES = ((0, 0), (-1, 0), (0, 1), (1, 0), (0, -1))
 # =============================================================================================
 
 
-def _landmark_cells(size: int) -> list[int]:
+@functools.cache
+def _landmark_cells(size: int) -> tuple[int, ...]:
     """Border cells, corners first, then ever further from the cells already taken."""
     border = [
         r * size + c
@@ -74,7 +96,7 @@ def _landmark_cells(size: int) -> list[int]:
         best = max(rest, key=lambda cell: (gap(cell), -cell))
         order.append(best)
         rest.remove(best)
-    return order
+    return tuple(order)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -637,3 +659,355 @@ def vdn_td_target(
     """
     bootstrap = next_q.max(dim=-1).values.sum(dim=-1)
     return team_reward + gamma * torch.where(terminated, torch.zeros_like(bootstrap), bootstrap)
+
+
+# =============================================================================================
+# The learners
+# =============================================================================================
+
+#: How each arm of the lesson shares: ``(sharing, team_value)`` for `MARLConfig`.
+ARMS: dict[str, tuple[str, bool]] = {
+    "independent": ("independent", False),
+    "shared": ("shared", False),
+    "shared + id": ("shared_id", False),
+    "VDN": ("shared_id", True),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MARLConfig:
+    """Settings of the learners; every arm of a comparison uses the same ones but the first two.
+
+    Taught in Lesson 07. Budgets, exploration, optimiser and network width are shared by the
+    arms, so only what is shared (and how the team's value is learned) differs.
+    """
+
+    sharing: str = "independent"
+    """``"independent"`` (one network per agent), ``"shared"`` (one network for all agents) or
+    ``"shared_id"`` (one network, the agent's one-hot id appended to its observation)."""
+    team_value: bool = False
+    """False: every agent learns its own Q from the team reward (independent Q-learning).
+    True: VDN, one TD loss on the team's Q, the sum of the agents' Qs (`vdn_td_target`)."""
+    steps: int = 600
+    """Environment steps of every copy (the budget)."""
+    num_envs: int = 4
+    """Copies of the world each run steps at once: ``steps * num_envs`` joint transitions."""
+    hidden: int = 64
+    """Width of the one hidden layer of every network."""
+    lr: float = 3e-3
+    """Adam's learning rate."""
+    batch_size: int = 32
+    """Joint transitions per update (each holds one row per agent)."""
+    buffer_size: int = 2400
+    """Joint transitions each run's replay keeps."""
+    learning_starts: int = 50
+    """Steps before the first update."""
+    train_every: int = 1
+    """Steps between updates."""
+    eps_start: float = 1.0
+    """Exploration rate at the first step."""
+    eps_end: float = 0.05
+    """Exploration rate after the decay."""
+    eps_steps: int = 300
+    """Steps over which the exploration rate decays linearly."""
+    target_interval: int = 25
+    """Updates between copies of the online network into the target network."""
+    eval_interval: int = 50
+    """Steps between exact evaluations of the greedy policies (`team_score`)."""
+
+    def __post_init__(self) -> None:
+        if self.sharing not in ("independent", "shared", "shared_id"):
+            raise ValueError(
+                f"sharing is {self.sharing!r}; use 'independent', 'shared' or 'shared_id'"
+            )
+        for name in (
+            "steps",
+            "num_envs",
+            "hidden",
+            "batch_size",
+            "buffer_size",
+            "train_every",
+            "target_interval",
+            "eval_interval",
+        ):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} is {getattr(self, name)}; it must be at least 1")
+
+
+def arm_config(arm: str, **fields: Any) -> MARLConfig:
+    """The `MARLConfig` of a named arm of `ARMS`, with any other fields given."""
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; use one of {list(ARMS)}")
+    sharing, team_value = ARMS[arm]
+    return MARLConfig(sharing=sharing, team_value=team_value, **fields)
+
+
+class AgentNetworks(torch.nn.Module):
+    """``K`` independent one-hidden-layer Q-networks evaluated in one batched product.
+
+    Network ``k`` answers ``x[k]``; the networks share nothing but the tensors that stack them,
+    so a loss that sums per-network terms trains each as if it were alone.
+
+    Args:
+        n_networks: ``K``.
+        in_dim: Input size.
+        n_actions: Output size.
+        hidden: Hidden width.
+        generator: Seeds the initialisation (``nn.Linear``'s uniform ``+-1/sqrt(fan_in)``).
+    """
+
+    def __init__(
+        self,
+        n_networks: int,
+        in_dim: int,
+        n_actions: int,
+        hidden: int,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+
+        def uniform(fan_in: int, *shape: int) -> torch.nn.Parameter:
+            u = torch.rand(n_networks, *shape, generator=generator)
+            return torch.nn.Parameter((2 * u - 1) / fan_in**0.5)
+
+        self.w1, self.b1 = uniform(in_dim, in_dim, hidden), uniform(in_dim, 1, hidden)
+        self.w2, self.b2 = uniform(hidden, hidden, n_actions), uniform(hidden, 1, n_actions)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x[K, B, in_dim]`` to ``[K, B, n_actions]``."""
+        features = torch.baddbmm(self.b1, x, self.w1).relu()
+        return torch.baddbmm(self.b2, features, self.w2)
+
+
+@dataclasses.dataclass
+class MARLResult:
+    """What `train_marl` returns: exact scores of every run along training.
+
+    Attributes:
+        task: The world.
+        config: The settings.
+        seeds: One per run.
+        steps: ``[T]`` joint transitions each run had collected at each evaluation.
+        scores: ``[R, T]`` `team_score` of each run's greedy policies (1 = optimal).
+        wall_time: Seconds of training.
+    """
+
+    task: LandmarkTask
+    config: MARLConfig
+    seeds: tuple[int, ...]
+    steps: np.ndarray
+    scores: np.ndarray
+    wall_time: float
+
+    @property
+    def final(self) -> np.ndarray:
+        """``[R]`` score of each run at the end of its budget."""
+        return self.scores[:, -1]
+
+
+def _population_seed(seeds: Sequence[int]) -> int:
+    return int(np.random.SeedSequence([int(s) for s in seeds]).generate_state(1)[0])
+
+
+def _q_values(
+    net: AgentNetworks, obs: torch.Tensor, config: MARLConfig, n_agents: int
+) -> torch.Tensor:
+    """Every agent's Q-values: ``obs[R, K, N, D]`` to ``[R, K, N, A]``, routed by sharing."""
+    r, k, n, d = obs.shape
+    x = obs
+    if config.sharing == "shared_id":
+        agent = torch.arange(n).repeat(r * k)
+        x = with_agent_id(obs.reshape(-1, d), agent, n_agents).view(r, k, n, -1)
+    if config.sharing == "independent":  # network (run, agent) answers its agent's rows
+        out = net(x.transpose(1, 2).reshape(r * n, k, -1))
+        return out.view(r, n, k, -1).transpose(1, 2)
+    return net(x.reshape(r, k * n, -1)).view(r, k, n, -1)  # one network per run
+
+
+def train_marl(task: LandmarkTask, config: MARLConfig, seeds: Sequence[int]) -> MARLResult:
+    """Train one team per seed on the landmark world, all seeds at once (Lesson 07).
+
+    Each run steps ``config.num_envs`` copies of the world (copy ``e`` of the run of seed ``s``
+    starts from the env seed ``1000 * s + e``), stores joint transitions (every agent's
+    observation, the joint action, the team reward) in its own replay, and after every step
+    does one update on a batch of them: per agent `course.dqn.td_target` and
+    `course.dqn.dqn_loss` (independent Q-learning on the team reward), or the team's TD loss
+    with `vdn_td_target` (VDN). Actions are `course.dqn.epsilon_greedy` with a
+    `course.dqn.linear_schedule`; the target network is a hard copy (`course.dqn.soft_update`
+    with ``tau = 1``) every ``target_interval`` updates.
+
+    The runs share one random stream (seeded by the list of seeds), so a run's numbers depend
+    on the whole list; the same call always gives the same numbers.
+
+    Args:
+        task: The world.
+        config: The settings (`arm_config` builds those of a named arm).
+        seeds: One run per seed.
+
+    Returns:
+        A `MARLResult` with the exact score of every run every ``eval_interval`` steps.
+    """
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds:
+        raise ValueError("seeds is empty; give at least one seed")
+    start = time.perf_counter()
+    r, n, e, a, d = len(seeds), task.n_agents, config.num_envs, task.n_actions, task.obs_dim
+    generator = torch.Generator().manual_seed(_population_seed(seeds))
+    n_nets = r * (n if config.sharing == "independent" else 1)
+    in_dim = d + (n if config.sharing == "shared_id" else 0)
+    q_net = AgentNetworks(n_nets, in_dim, a, config.hidden, generator)
+    target_net = AgentNetworks(n_nets, in_dim, a, config.hidden)
+    soft_update(target_net, q_net, 1.0)
+    optimizer = torch.optim.Adam(q_net.parameters(), lr=config.lr, fused=True)
+    replay = PopulationReplay(r, config.buffer_size, (n, d))
+    env = BatchedLandmarkEnv(task, r * e)
+    obs = torch.from_numpy(env.reset([1000 * s + i for s in seeds for i in range(e)]))
+    valid = torch.ones(r, e, dtype=torch.bool)
+    eval_obs = task.observations().transpose(0, 1).expand(r, -1, -1, -1)  # [R, S, N, D]
+    steps, scores, n_updates = [], [], 0
+
+    for step in range(config.steps):
+        epsilon = linear_schedule(config.eps_start, config.eps_end, config.eps_steps, step)
+        with torch.no_grad():
+            q = _q_values(q_net, obs.view(r, e, n, d), config, n)
+        actions = epsilon_greedy(q.reshape(-1, a), epsilon, generator).view(r, e, n)
+        out = env.step(actions.view(r * e, n).numpy())
+        replay.add(
+            obs.view(r, e, n, d),
+            joint_action_index(actions, a),
+            torch.from_numpy(out.reward).view(r, e),
+            torch.from_numpy(out.next_obs).view(r, e, n, d),
+            torch.from_numpy(out.terminated).view(r, e),
+            valid,
+        )
+        obs = torch.from_numpy(out.obs)
+        if step >= config.learning_starts and step % config.train_every == 0:
+            batch = replay.sample(torch.rand(r, config.batch_size, generator=generator))
+            taken = joint_actions(batch.actions, n, a)  # [R, B, N]
+            q = _q_values(q_net, batch.obs, config, n)
+            with torch.no_grad():
+                next_q = _q_values(target_net, batch.next_obs, config, n)
+            if config.team_value:
+                team_q = q.gather(-1, taken.unsqueeze(-1)).squeeze(-1).sum(-1)  # [R, B]
+                targets = vdn_td_target(batch.rewards, next_q, batch.terminated, task.gamma)
+                loss = torch.nn.functional.smooth_l1_loss(team_q, targets)
+            else:
+                shape = taken.shape
+                targets = td_target(
+                    batch.rewards.unsqueeze(-1).expand(shape),
+                    next_q,
+                    batch.terminated.unsqueeze(-1).expand(shape),
+                    task.gamma,
+                )
+                loss = dqn_loss(q.reshape(-1, a), taken.reshape(-1), targets.reshape(-1))
+            optimizer.zero_grad()
+            (loss * r).backward()  # the sum of the runs' mean losses: each run trains alone
+            optimizer.step()
+            n_updates += 1
+            if n_updates % config.target_interval == 0:
+                soft_update(target_net, q_net, 1.0)
+        if (step + 1) % config.eval_interval == 0 or step + 1 == config.steps:
+            with torch.no_grad():
+                greedy = _q_values(q_net, eval_obs, config, n).argmax(-1).transpose(1, 2)
+            steps.append((step + 1) * e)
+            scores.append(team_score(task, greedy).numpy())
+    return MARLResult(
+        task,
+        config,
+        seeds,
+        np.asarray(steps),
+        np.stack(scores, axis=1),
+        time.perf_counter() - start,
+    )
+
+
+#: The lesson's world: a 3 x 3 grid (room for 8 agents), 8 steps per episode.
+LESSON_TASK = {"size": 3, "max_steps": 8}
+
+#: The lesson's budget, shared by every arm: 300 steps of 8 copies (2,400 joint transitions
+#: per run), one update of 32 joint transitions every other step.
+LESSON_CONFIG = {
+    "steps": 300,
+    "num_envs": 8,
+    "train_every": 2,
+    "batch_size": 32,
+    "hidden": 32,
+    "eps_steps": 150,
+    "buffer_size": 2400,
+    "eval_interval": 30,
+}
+
+
+def train_arms(
+    task: LandmarkTask, arms: Sequence[str], seeds: Sequence[int], **fields: Any
+) -> dict[str, MARLResult]:
+    """Train every named arm of `ARMS` on ``task`` with the same seeds and settings.
+
+    Taught in Lesson 07. The arms differ only in `MARLConfig.sharing` and
+    `MARLConfig.team_value`; ``fields`` (the budget, exploration, network) are the same for all.
+    """
+    return {arm: train_marl(task, arm_config(arm, **fields), seeds) for arm in arms}
+
+
+def score_bands(results: dict[str, MARLResult]) -> dict[str, tuple[np.ndarray, ...]]:
+    """Each arm's learning curve: the pointwise t band of its runs' scores over seeds."""
+    return {name: curve_band(result.scores) for name, result in results.items()}
+
+
+def scaling_bands(
+    results: dict[int, dict[str, MARLResult]],
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each arm's final score against the team size: ``(estimate, low, high)``, one per size.
+
+    Args:
+        results: ``results[n_agents][arm]``, every size with the same arms.
+    """
+    sizes = list(results)
+    arms = list(results[sizes[0]])
+    bands = {}
+    for arm in arms:
+        cis = [mean_ci(results[n][arm].final) for n in sizes]
+        estimate, low, high = (np.array(values) for values in zip(*cis))
+        bands[arm] = (estimate, low, high)
+    return bands
+
+
+def compare_arms(results: dict[str, MARLResult], a: str, b: str) -> Comparison:
+    """Compare two arms' final scores seed by seed (they share seeds, so differences pair).
+
+    Taught in Lesson 07: ``print`` the result for the interval and its verdict.
+    """
+    if results[a].seeds != results[b].seeds:
+        raise ValueError(f"{a!r} and {b!r} were trained on different seeds; pair only shared seeds")
+    return compare(results[a].final, results[b].final, names=(a, b), paired=True)
+
+
+def format_scaling(results: dict[int, dict[str, MARLResult]]) -> str:
+    """A table of final scores, one row per arm, one column per team size (mean [95% CI])."""
+    sizes = list(results)
+    arms = list(results[sizes[0]])
+    width = max(len(arm) for arm in arms)
+    head = f"{'arm':<{width}} | " + " | ".join(f"{f'{n} agents':^18}" for n in sizes)
+    lines = [head, "-" * len(head)]
+    for arm in arms:
+        cells = []
+        for n in sizes:
+            ci = mean_ci(results[n][arm].final)
+            cells.append(f"{ci.estimate:.2f} [{ci.low:.2f}, {ci.high:.2f}]".center(18))
+        lines.append(f"{arm:<{width}} | " + " | ".join(cells))
+    return "\n".join(lines)
+
+
+def compare_scaling(
+    results: dict[int, dict[str, MARLResult]], arm: str, small: int, large: int
+) -> Comparison:
+    """One arm's final scores at two team sizes, compared (different worlds: unpaired).
+
+    Taught in Lesson 07: whether learning a bigger team costs more than the budget gives.
+    """
+    return compare(
+        results[small][arm].final,
+        results[large][arm].final,
+        names=(f"{arm}, {small} agents", f"{arm}, {large} agents"),
+        paired=False,
+    )

@@ -229,3 +229,127 @@ def test_doctests():
 
     result = doctest.testmod(marl, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 3 and result.failed == 0
+
+
+# --- the learners -----------------------------------------------------------------------------
+
+SMALL = {"steps": 40, "num_envs": 2, "eval_interval": 20, "learning_starts": 10}
+
+
+def test_agent_networks_are_independent():
+    net = marl.AgentNetworks(3, 4, 5, 8, torch.Generator().manual_seed(0))
+    x = torch.randn(3, 6, 4)
+    net(x)[1].sum().backward()
+    for p in net.parameters():
+        assert p.grad[1].abs().sum() > 0
+        assert p.grad[0].abs().sum() == 0 and p.grad[2].abs().sum() == 0
+
+
+@pytest.mark.parametrize("sharing", ["independent", "shared", "shared_id"])
+def test_each_agent_is_answered_by_its_network(sharing):
+    task = LandmarkTask(n_agents=3, size=3, observe_landmark=False)
+    config = marl.MARLConfig(sharing=sharing)
+    n_nets = 2 * (3 if sharing == "independent" else 1)
+    in_dim = task.obs_dim + (3 if sharing == "shared_id" else 0)
+    net = marl.AgentNetworks(n_nets, in_dim, 5, 8, torch.Generator().manual_seed(0))
+    obs = task.observations()[:, 4].expand(2, 5, 3, -1)  # every agent in the centre cell
+    q = marl._q_values(net, obs, config, 3)
+    assert q.shape == (2, 5, 3, 5)
+    same_across_agents = torch.allclose(q[:, :, 0], q[:, :, 1])
+    assert same_across_agents == (sharing == "shared")  # without an id, agents look alike
+    with torch.no_grad():
+        net.w2[-1] += 1.0  # the last network: run 1's (its agent 2's when independent)
+    changed = (marl._q_values(net, obs, config, 3) != q).any(-1)  # [R, K, N]
+    assert not changed[0].any()
+    if sharing == "independent":
+        assert changed[1, :, 2].all() and not changed[1, :, :2].any()
+    else:
+        assert changed[1].all()
+
+
+@pytest.mark.parametrize("arm", list(marl.ARMS))
+def test_every_arm_trains_and_reports_exact_scores(arm):
+    task = LandmarkTask(n_agents=2, size=3, max_steps=8)
+    result = marl.train_marl(task, marl.arm_config(arm, **SMALL), seeds=[0, 1, 2])
+    assert result.scores.shape == (3, 2) and result.steps.tolist() == [40, 80]
+    assert ((result.scores >= 0) & (result.scores <= 1 + 1e-9)).all()
+    assert result.final.shape == (3,) and result.seeds == (0, 1, 2)
+
+
+def test_same_seeds_same_numbers_other_seeds_other_numbers():
+    task = LandmarkTask(n_agents=2, size=3)
+    config = marl.arm_config("VDN", **SMALL)
+    a = marl.train_marl(task, config, [3, 4])
+    b = marl.train_marl(task, config, [3, 4])
+    c = marl.train_marl(task, config, [5, 6])
+    assert np.array_equal(a.scores, b.scores) and not np.array_equal(a.scores, c.scores)
+
+
+def test_bad_configs_say_what_to_fix():
+    with pytest.raises(ValueError, match="sharing"):
+        marl.MARLConfig(sharing="everything")
+    with pytest.raises(ValueError, match="batch_size"):
+        marl.MARLConfig(batch_size=0)
+    with pytest.raises(ValueError, match="unknown arm"):
+        marl.arm_config("telepathy")
+    with pytest.raises(ValueError, match="seeds"):
+        marl.train_marl(LandmarkTask(), marl.MARLConfig(), [])
+
+
+@pytest.mark.slow
+def test_vdn_learns_a_two_agent_team_at_the_lesson_budget():
+    task = LandmarkTask(n_agents=2, **marl.LESSON_TASK)
+    result = marl.train_marl(task, marl.arm_config("VDN", **marl.LESSON_CONFIG), range(4))
+    assert result.final.mean() > 0.8 and result.scores[:, 0].mean() < 0.5
+
+
+@pytest.mark.slow
+def test_without_an_id_a_shared_network_fails_different_jobs():
+    task = LandmarkTask(n_agents=4, observe_landmark=False, **marl.LESSON_TASK)
+    results = marl.train_arms(task, ["shared", "shared + id"], range(6), **marl.LESSON_CONFIG)
+    comparison = marl.compare_arms(results, "shared + id", "shared")
+    assert comparison.verdict == "shared + id better", str(comparison)
+
+
+# --- summaries and plots ----------------------------------------------------------------------
+
+
+def _fake(scores, seeds=(0, 1, 2)):
+    task = LandmarkTask(n_agents=2)
+    scores = np.asarray(scores, dtype=float)
+    steps = np.arange(1, scores.shape[1] + 1) * 10
+    return marl.MARLResult(task, marl.MARLConfig(), tuple(seeds), steps, scores, 0.0)
+
+
+def test_summaries_pair_seeds_and_print_verdicts():
+    good = _fake([[0.1, 0.9], [0.2, 1.0], [0.1, 0.95]])
+    bad = _fake([[0.1, 0.2], [0.1, 0.3], [0.2, 0.25]])
+    results = {"VDN": good, "shared": bad}
+    assert marl.compare_arms(results, "VDN", "shared").verdict == "VDN better"
+    with pytest.raises(ValueError, match="different seeds"):
+        marl.compare_arms({"a": good, "b": _fake(bad.scores, seeds=(5, 6, 7))}, "a", "b")
+    bands = marl.score_bands(results)
+    assert bands["VDN"][0] == pytest.approx([0.4 / 3, 0.95])
+    scaling = {2: results, 4: {"VDN": bad, "shared": good}}
+    estimate, low, high = marl.scaling_bands(scaling)["VDN"]
+    assert estimate == pytest.approx([0.95, 0.25]) and (low < estimate).all()
+    verdict = marl.compare_scaling(scaling, "VDN", 2, 4)
+    assert not verdict.paired and verdict.verdict == "VDN, 2 agents better"
+    table = marl.format_scaling(scaling)
+    assert "2 agents" in table and "0.95 [" in table and table.count("\n") == 3
+
+
+def test_plots_draw_one_line_per_arm():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from course.plots import plot_marl_curves, plot_marl_scaling
+
+    results = {
+        "VDN": _fake([[0.1, 0.9], [0.2, 1.0]], (0, 1)),
+        "shared": _fake([[0, 0.2], [0, 0.3]], (0, 1)),
+    }
+    fig = plot_marl_curves(results["VDN"].steps, marl.score_bands(results), title="t")
+    assert [line.get_label() for line in fig.axes[0].lines] == ["VDN", "shared"]
+    fig = plot_marl_scaling([2, 4], marl.scaling_bands({2: results, 4: results}))
+    assert fig.axes[0].lines[0].get_xdata().tolist() == [2, 4]
