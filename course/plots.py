@@ -562,3 +562,65 @@ def plot_task_bars(
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+# =============================================================================================
+# Lesson 07: many agents, one network
+# =============================================================================================
+
+_MARL_COLOURS = {
+    "independent": "#57606a",
+    "shared": "#cf222e",
+    "shared + id": "#1a7f37",
+    "VDN": "#0969da",
+    "VDN, no id": "#bf8700",
+}
+
+
+def plot_marl_curves(
+    steps: np.ndarray | Sequence[int],
+    bands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    title: str | None = None,
+    figsize: tuple[float, float] = (5.5, 3.2),
+) -> Figure:
+    """Exact team scores along training, one band per arm (`course.marl.score_bands`).
+
+    Taught in Lesson 07.
+    """
+    fig, ax = _figure_and_axes(None, figsize)
+    x = np.asarray(steps)
+    for name, band in bands.items():
+        _band(ax, x, band, _MARL_COLOURS.get(name), name, alpha=0.15, linewidth=1.5)
+    ax.set_xlabel("joint transitions per run")
+    ax.set_ylabel("team score (1 = optimal)")
+    ax.set_ylim(-0.02, 1.05)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def plot_marl_scaling(
+    n_agents: Sequence[int],
+    bands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    title: str | None = None,
+    figsize: tuple[float, float] = (5.0, 3.2),
+) -> Figure:
+    """Final team score against the number of agents, one line per arm with its interval.
+
+    Taught in Lesson 07. ``bands[arm]`` holds ``(estimate, low, high)``, one entry per team size
+    (`course.marl.scaling_bands`).
+    """
+    fig, ax = _figure_and_axes(None, figsize)
+    x = np.asarray(n_agents)
+    for name, band in bands.items():
+        _band(ax, x, band, _MARL_COLOURS.get(name), name, alpha=0.15, marker="o", linewidth=1.5)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(x, [str(n) for n in x])
+    ax.set_xlabel("agents")
+    ax.set_ylabel("final team score (1 = optimal)")
+    ax.set_ylim(-0.02, 1.05)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return fig

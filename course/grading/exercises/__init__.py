@@ -2,6 +2,7 @@
 
 from course.grading.exercises import (  # noqa: F401
     dqn,
+    marl,
     mdp,
     meta,
     multitask,
