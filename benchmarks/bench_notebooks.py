@@ -6,8 +6,17 @@ Without arguments it runs every notebook in ``solutions/`` (with ``--lessons`` a
 ``lessons/``, which raise where exercises are stubs: their errors are allowed). Each notebook is
 executed by nbclient in a new kernel with ``OMP_NUM_THREADS=1`` (one core, as on Binder). The
 time includes starting the kernel; the memory is the peak resident set size (``VmHWM``) of the
-kernel and any process it started, polled every 20 ms. Prints a table and exits with status 1
-if a notebook is over budget (60 s, 1536 MiB: a Binder session has 1 CPU and 2 GB).
+kernel and any process it started, polled every 20 ms; the CPU seconds are those of the same
+processes (user + system), the steadier figure on a shared machine, where other processes
+stretch the wall time but not the CPU time much.
+
+To compare two versions of the library side by side, run the old one's notebooks with its
+folder first on ``PYTHONPATH`` (the kernels inherit it)::
+
+    PYTHONPATH=/tmp/old python benchmarks/bench_notebooks.py /tmp/old/solutions/04_multitask.ipynb
+
+Prints a table and exits with status 1 if a notebook is over budget (60 s, 1536 MiB: a Binder
+session has 1 CPU and 2 GB).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ class Measurement:
     seconds: float
     peak_mib: float
     error: str | None
+    cpu_seconds: float = float("nan")
 
     @property
     def within_budget(self) -> bool:
@@ -61,6 +71,7 @@ class _PeakMemory:
     def __init__(self, interval: float = 0.02) -> None:
         self.interval = interval
         self.peaks: dict[int, int] = {}
+        self.cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -75,6 +86,11 @@ class _PeakMemory:
     def poll(self) -> None:
         for child in psutil.Process().children(recursive=True):
             self.peaks[child.pid] = max(self.peaks.get(child.pid, 0), _high_water_mark_bytes(child))
+            try:
+                times = child.cpu_times()
+            except psutil.Error:
+                continue
+            self.cpu[child.pid] = max(self.cpu.get(child.pid, 0.0), times.user + times.system)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -84,6 +100,10 @@ class _PeakMemory:
     @property
     def mib(self) -> float:
         return sum(self.peaks.values()) / 2**20
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu.values())
 
 
 def measure(path: Path, allow_errors: bool = False) -> Measurement:
@@ -106,7 +126,8 @@ def measure(path: Path, allow_errors: bool = False) -> Measurement:
                 memory.poll()  # the last peak, before the kernel shuts down
         except Exception as exc:  # a failing notebook is reported, not fatal to the table
             error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]}"
-    return Measurement(path, time.perf_counter() - start, memory.mib, error)
+    seconds = time.perf_counter() - start
+    return Measurement(path, seconds, memory.mib, error, memory.cpu_seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         print("no notebooks found", file=sys.stderr)
         return 1
 
-    print(f"{'notebook':<34} | {'seconds':>7} | {'peak MiB':>8} | within budget")
-    print(f"{'-' * 34}-|-{'-' * 7}-|-{'-' * 8}-|--------------")
+    print(f"{'notebook':<34} | {'seconds':>7} | {'CPU s':>7} | {'peak MiB':>8} | within budget")
+    print(f"{'-' * 34}-|-{'-' * 7}-|-{'-' * 7}-|-{'-' * 8}-|--------------")
     results = []
     for path in paths:
         path = path.resolve()
@@ -136,7 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "yes" if result.within_budget else "NO"
         if result.error:
             verdict += f" ({result.error})"
-        print(f"{name:<34} | {result.seconds:7.1f} | {result.peak_mib:8.0f} | {verdict}")
+        print(
+            f"{name:<34} | {result.seconds:7.1f} | {result.cpu_seconds:7.1f} | "
+            f"{result.peak_mib:8.0f} | {verdict}"
+        )
     print(f"budget: < {BUDGET_SECONDS:g} s and < {BUDGET_MIB:g} MiB per notebook, one thread")
     return 0 if all(r.within_budget for r in results) else 1
 

@@ -2,28 +2,36 @@
 
 Taught in Lesson 03. The pure functions (``linear_schedule``, ``epsilon_greedy``, ``td_target``,
 ``double_td_target``, ``dqn_loss``, ``soft_update``, ``real_transitions``) are what the student
-writes; :func:`train_dqn` assembles them into a fast trainer for a *population* of independent
+writes; the course's one trainer, :func:`course.population.train_population`, is built from
+them, and :func:`train_dqn` is its single-task entry point: a *population* of independent
 agents (several seeds trained together, one process, batched tensors).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
-import numpy as np
 import torch
 import torch.nn.functional as F
-from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector import VectorEnv
 from torch import nn
-from tqdm.auto import tqdm
 
 from course.evaluation import evaluate_policy
-from course.replay import PopulationReplay
+from course.population import (
+    AgentEnvs,
+    Agents,
+    PopulationEnv,
+    PopulationQNetwork,
+    TrainerConfig,
+    default_device,
+    greedy_returns,
+    linear_init,
+    network_sizes,
+    train_population,
+)
 
 __all__ = [
     "DQNConfig",
@@ -33,6 +41,7 @@ __all__ = [
     "cartpole_vec",
     "evaluate",
     "train_dqn",
+    "train_dqn_agents",
     "double_td_target",
     "dqn_loss",
     "epsilon_greedy",
@@ -228,13 +237,28 @@ class QNetwork(nn.Module):
         obs_dim: Size ``D`` of a (flat) observation.
         n_actions: Number of actions ``A``.
         hidden: Widths of the hidden layers (ReLU after each).
+        generator: Source of the initial weights (:func:`course.population.linear_init`,
+            layer by layer, the weight then the bias); None uses PyTorch's global generator.
+            The same generator state gives the same weights as agent 0 of
+            :class:`course.population.PopulationQNetwork` built from it.
 
     Attributes:
         trunk: The hidden layers, ``[B, D] -> [B, hidden[-1]]`` (features).
         head: The final linear layer, features ``-> [B, A]``.
+
+    Example:
+        >>> net = QNetwork(4, 2, hidden=(8,), generator=torch.Generator().manual_seed(0))
+        >>> net(torch.zeros(3, 4)).shape
+        torch.Size([3, 2])
     """
 
-    def __init__(self, obs_dim: int, n_actions: int, hidden: Sequence[int] = (256,)) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        n_actions: int,
+        hidden: Sequence[int] = (256,),
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = obs_dim
@@ -244,219 +268,43 @@ class QNetwork(nn.Module):
         self.obs_dim, self.n_actions, self.hidden = obs_dim, n_actions, tuple(hidden)
         self.trunk = nn.Sequential(*layers)
         self.head = nn.Linear(width, n_actions)
+        if generator is not None:
+            with torch.no_grad():
+                for layer in [*self.trunk[::2], self.head]:
+                    weight, bias = linear_init(layer.in_features, layer.out_features, generator)
+                    layer.weight.copy_(weight)
+                    layer.bias.copy_(bias)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """Action values ``[B, A]`` of observations ``[B, D]``."""
         return self.head(self.trunk(obs))
 
 
-class PopulationQNetwork(nn.Module):
-    """``N`` independent :class:`QNetwork` s with stacked weights, evaluated in one batched call.
-
-    Layer ``l`` of agent ``a`` computes ``x @ weights[l][a].T + biases[l][a]`` with
-    ``torch.baddbmm``, so a forward pass over all agents costs a few tensor operations. Agent
-    ``a`` only ever reads its own slice: its outputs and gradients do not depend on the others.
-
-    Args:
-        n_agents: Number of agents ``N``.
-        obs_dim: Observation size ``D``.
-        n_actions: Number of actions ``A``.
-        hidden: Hidden widths, as in :class:`QNetwork`.
-        generators: One generator per agent for the initialisation (PyTorch's ``nn.Linear``
-            rule, uniform in ``+-1/sqrt(fan_in)``); ``None`` uses fresh unseeded generators.
-
-    Attributes:
-        weights: ``weights[l]`` is ``[N, out_l, in_l]`` (``nn.Linear.weight``'s layout, which
-            is also the fast one for ``bmm`` with a narrow output layer).
-        biases: ``biases[l]`` is ``[N, 1, out_l]``.
-    """
-
-    def __init__(
-        self,
-        n_agents: int,
-        obs_dim: int,
-        n_actions: int,
-        hidden: Sequence[int] = (256,),
-        generators: Sequence[torch.Generator] | None = None,
-    ) -> None:
-        super().__init__()
-        self.n_agents, self.obs_dim, self.n_actions = n_agents, obs_dim, n_actions
-        self.hidden = tuple(hidden)
-        dims = [obs_dim, *self.hidden, n_actions]
-        if generators is None:
-            generators = [torch.Generator() for _ in range(n_agents)]
-        weights, biases = [], []
-        for fan_in, fan_out in zip(dims[:-1], dims[1:], strict=True):
-            bound = fan_in**-0.5
-            w = torch.empty(n_agents, fan_out, fan_in)
-            b = torch.empty(n_agents, 1, fan_out)
-            for a, gen in enumerate(generators):
-                w[a] = (torch.rand(fan_out, fan_in, generator=gen) * 2 - 1).mul_(bound)
-                b[a, 0] = (torch.rand(fan_out, generator=gen) * 2 - 1).mul_(bound)
-            weights.append(nn.Parameter(w))
-            biases.append(nn.Parameter(b))
-        self.weights = nn.ParameterList(weights)
-        self.biases = nn.ParameterList(biases)
-        # QNetwork's parameter names, in layer order
-        linear_names = [f"trunk.{2 * i}" for i in range(len(self.hidden))] + ["head"]
-        self.layer_names = linear_names
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """Action values ``[N, B, A]`` of observations ``[N, B, D]`` (row ``a`` for agent ``a``)."""
-        params = [t for pair in zip(self.weights, self.biases, strict=True) for t in pair]
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (obs, *params)):
-            return _PopulationMLP.apply(obs, *params)
-        return _layer_outputs(obs, params)[-1]
-
-    def named_agent_parameters(self) -> dict[str, torch.Tensor]:
-        """The stacked parameters under :class:`QNetwork` names, in its layout, as views.
-
-        Returns:
-            ``{"trunk.0.weight": [N, out, in], "trunk.0.bias": [N, out], ...}``; gradients flow
-            through these views (useful for penalties such as L2-SP).
-        """
-        params = {}
-        for name, w, b in zip(self.layer_names, self.weights, self.biases, strict=True):
-            params[f"{name}.weight"] = w
-            params[f"{name}.bias"] = b.squeeze(1)
-        return params
-
-    def agent_state_dict(self, agent: int) -> dict[str, torch.Tensor]:
-        """A state dict of agent ``agent`` that a :class:`QNetwork` of the same sizes loads."""
-        return {k: v[agent].detach().clone() for k, v in self.named_agent_parameters().items()}
-
-    @torch.no_grad()
-    def load_agent_state_dict(self, agent: int, state: dict[str, torch.Tensor]) -> None:
-        """Copy a :class:`QNetwork` state dict into agent ``agent``.
-
-        Raises:
-            ValueError: If the state dict's names or shapes do not match this network.
-        """
-        own = self.named_agent_parameters()
-        if set(state) != set(own):
-            raise ValueError(
-                f"state dict has keys {sorted(state)}, expected {sorted(own)}; build the "
-                f"network with hidden={self.hidden}"
-            )
-        for key, target in own.items():
-            value = torch.as_tensor(state[key])
-            if value.shape != target.shape[1:]:
-                raise ValueError(
-                    f"{key} has shape {tuple(value.shape)}, expected {tuple(target.shape[1:])}; "
-                    "the network sizes differ"
-                )
-            target[agent].copy_(value)
-
-    def agent(self, agent: int) -> QNetwork:
-        """Agent ``agent`` as a plain :class:`QNetwork` (a copy, on this network's device)."""
-        net = QNetwork(self.obs_dim, self.n_actions, self.hidden)
-        net.load_state_dict(self.agent_state_dict(agent))
-        return net.to(self.weights[0].device)
-
-
-def _layer_outputs(obs: torch.Tensor, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """``[obs, h_1, ..., h_L, q]``: the input of every layer of the stacked MLP, then its output.
-
-    ``params`` alternates weights ``[N, out, in]`` and biases ``[N, 1, out]``; ReLU after every
-    layer but the last.
-    """
-    outputs = [obs]
-    n_layers = len(params) // 2
-    for layer in range(n_layers):
-        w, b = params[2 * layer], params[2 * layer + 1]
-        x = torch.baddbmm(b, outputs[-1], w.transpose(1, 2))
-        outputs.append(x.relu_() if layer < n_layers - 1 else x)
-    return outputs
-
-
-class _PopulationMLP(torch.autograd.Function):
-    """The stacked MLP of :class:`PopulationQNetwork` with a hand-written backward pass.
-
-    Autograd's generic backward of ``baddbmm`` and ``relu`` gives the same gradients, but with
-    it CPU training took about 1.7 times as long: it computes some products in the orientation
-    that the batched matrix multiply is slowest at, and makes more hidden-layer-sized
-    temporaries. Training is mostly this backward pass, so it is worth the dozen lines (a test
-    checks it against finite differences and against autograd).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, obs: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        outputs = _layer_outputs(obs, params)
-        ctx.save_for_backward(*outputs[:-1], *params[0::2])
-        return outputs[-1]
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        saved = ctx.saved_tensors
-        n_layers = len(saved) // 2
-        inputs, weights = saved[:n_layers], saved[n_layers:]
-        grads: list[torch.Tensor | None] = [None] * (2 * n_layers)
-        g = grad.contiguous()  # gradient of the current layer's output
-        for layer in reversed(range(n_layers)):
-            x, w = inputs[layer], weights[layer]
-            out_dim, in_dim = w.shape[1:]
-            if ctx.needs_input_grad[1 + 2 * layer]:
-                # a batched product is several times slower when its result has short rows
-                # ([N, 256, 4]): compute the transposed product then and transpose back
-                if out_dim >= in_dim:
-                    grads[2 * layer] = torch.bmm(x.transpose(1, 2), g).transpose(1, 2)
-                else:
-                    grads[2 * layer] = torch.bmm(g.transpose(1, 2), x)
-            if ctx.needs_input_grad[2 + 2 * layer]:
-                grads[2 * layer + 1] = g.sum(1, keepdim=True)
-            if layer > 0:  # through the layer, then through the ReLU that made x (x > 0)
-                g = torch.bmm(g, w)
-                torch.ops.aten.threshold_backward.grad_input(g, x, 0.0, grad_input=g)
-        grad_obs = torch.bmm(g, weights[0]) if ctx.needs_input_grad[0] else None
-        return (grad_obs, *grads)
-
-
 @dataclasses.dataclass(frozen=True)
-class DQNConfig:
-    """Hyperparameters of :func:`train_dqn` (defaults: CartPole-v1 solved within 50k steps)."""
+class DQNConfig(TrainerConfig):
+    """Hyperparameters of :func:`train_dqn` (defaults: CartPole-v1 solved within 50k steps).
+
+    The fields of :class:`course.population.TrainerConfig` (network, optimizer, replay,
+    targets, exploration), with the single-task budget.
+    """
 
     total_steps: int = 50_000
     """environment steps per agent (summed over its parallel environments)"""
     num_envs: int = 4
     """parallel environments per agent"""
-    hidden: tuple[int, ...] = (256,)
-    """widths of the Q-network's hidden layers (one wide layer: cheap and stable on CartPole)"""
-    lr: float = 2.3e-3
-    """Adam learning rate at the start of training"""
-    lr_end: float = 0.0
-    """learning rate at the end of the decay (late updates cannot undo a solution)"""
-    lr_decay_fraction: float = 0.8
-    """fraction of total_steps over which the learning rate decays linearly to lr_end"""
-    gamma: float = 0.99
-    """discount factor"""
-    buffer_size: int = 50_000
-    """replay capacity per agent"""
-    batch_size: int = 128
-    """transitions per gradient update"""
-    learning_starts: int = 1_000
-    """environment steps (per agent) collected before the first update"""
-    updates_per_step: float = 0.5
-    """gradient updates per environment step (the replay ratio)"""
-    target_update_interval: int = 64
-    """gradient updates between target-network updates, at the start of training"""
-    target_update_interval_end: int | None = None
-    """if set, the interval grows linearly to this by the end (fast propagation, then stability)"""
-    tau: float = 1.0
-    """target-network update weight (1: hard copy)"""
-    double_dqn: bool = True
-    """use the Double DQN target (online net picks, target net evaluates)"""
-    eps_start: float = 1.0
-    """exploration rate at the start"""
-    eps_end: float = 0.04
-    """exploration rate after the decay"""
-    exploration_fraction: float = 0.16
-    """fraction of total_steps over which epsilon decays linearly"""
-    max_grad_norm: float = 10.0
-    """gradient-norm clip per agent (inf: no clipping)"""
     eval_every: int = 2_500
     """environment steps between greedy evaluations"""
-    eval_episodes: int = 10
-    """episodes per greedy evaluation (run in parallel)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("total_steps", "num_envs", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}; it must be at least 1")
+        if self.num_envs > self.buffer_size:
+            raise ValueError(
+                f"num_envs={self.num_envs} exceeds buffer_size={self.buffer_size}; "
+                "use a larger buffer"
+            )
 
 
 @dataclasses.dataclass
@@ -499,10 +347,8 @@ class DQNResult:
     def network(self, agent: int = 0) -> QNetwork:
         """The final network of agent ``agent`` as a :class:`QNetwork` (on the CPU)."""
         state = self.states[agent]
-        head = state["head.weight"]
-        hidden = tuple(state[f"trunk.{2 * i}.weight"].shape[0] for i in range(len(state) // 2 - 1))
-        obs_dim = state["trunk.0.weight"].shape[1] if hidden else head.shape[1]
-        net = QNetwork(obs_dim, head.shape[0], hidden)
+        sizes = network_sizes(state)
+        net = QNetwork(sizes.obs_dim, sizes.n_actions, sizes.hidden)
         net.load_state_dict(state)
         return net
 
@@ -512,66 +358,11 @@ def cartpole_vec(num_envs: int) -> VectorEnv:
     return gym.make_vec("CartPole-v1", num_envs=num_envs, vectorization_mode="vector_entry_point")
 
 
-def _derive_seed(seed: int, *keys: int) -> int:
-    """An independent 32-bit seed for one purpose (``keys``) of one agent (``seed``)."""
-    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
-
-
-_INIT, _ACT, _REPLAY, _ENV, _EVAL = range(5)
-
-
-def _spaces(env: VectorEnv) -> tuple[int, int]:
-    obs_space, action_space = env.single_observation_space, env.single_action_space
-    if not isinstance(action_space, gym.spaces.Discrete):
-        raise ValueError(f"DQN needs a Discrete action space, got {action_space}")
-    if not isinstance(obs_space, gym.spaces.Box):
-        raise ValueError(f"train_dqn needs a Box observation space, got {obs_space}")
-    mode = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
-    if mode != AutoresetMode.NEXT_STEP:
-        raise ValueError(f"train_dqn expects next-step autoreset, got {mode}; use the default")
-    return int(np.prod(obs_space.shape)), int(action_space.n)
-
-
-def _step_all(
-    envs: Sequence[VectorEnv], actions: np.ndarray, obs_dim: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Step agent ``a``'s env with ``actions[a]``; stack the results ``[N, E, ...]``."""
-    results = [env.step(a) for env, a in zip(envs, actions, strict=True)]
-    next_obs = np.stack([r[0] for r in results]).reshape(len(envs), -1, obs_dim)
-    rewards = np.stack([r[1] for r in results])
-    terminated = np.stack([r[2] for r in results])
-    truncated = np.stack([r[3] for r in results])
-    return next_obs, rewards, terminated, truncated
-
-
-@torch.no_grad()
-def _evaluate_population(
-    q_net: PopulationQNetwork,
-    envs: Sequence[VectorEnv],
-    seeds: Sequence[int],
-    obs_dim: int,
-    device: torch.device,
-) -> torch.Tensor:
-    """Greedy returns ``[N, M]``: one episode per sub-env, agent ``a`` on ``envs[a]``."""
-    obs = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)])
-    obs = obs.reshape(len(envs), -1, obs_dim)
-    returns = np.zeros(obs.shape[:2])
-    done = np.zeros(obs.shape[:2], dtype=bool)
-    while not done.all():
-        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-        actions = q_net(obs_t).argmax(-1).cpu().numpy()
-        next_obs, rewards, terminated, truncated = _step_all(envs, actions, obs_dim)
-        returns += np.where(done, 0.0, rewards)
-        done |= terminated | truncated
-        obs = next_obs
-    return torch.from_numpy(returns).float()
-
-
 def train_dqn(
     config: DQNConfig = DQNConfig(),
     seeds: Sequence[int] = (0,),
     make_env: Callable[[int], VectorEnv] = cartpole_vec,
-    init_state: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]] | None = None,
+    init_state: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]] | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
     callback: Callable[[int, dict[str, Any]], None] | None = None,
@@ -580,259 +371,132 @@ def train_dqn(
 ) -> DQNResult:
     """Train one independent DQN agent per seed, all at once (the reference agent).
 
-    Each agent has its own networks, optimizer state, replay, environments and random
-    generators, all derived from its seed; the agents are only *computed* together (stacked
-    weights, one batched forward and backward pass for all). Agent ``a``'s results therefore
-    depend only on ``seeds[a]`` and the config: training ``seeds=[1, 2]`` gives agent 2 the same
-    curves and weights as ``seeds=[2]`` alone (on the same device and thread count).
-
-    The loop, per vector step of all agents:
-
-    1. epsilon-greedy actions from the online networks (:func:`epsilon_greedy`);
-    2. step every agent's vector env; keep only rows that are real transitions under
-       next-step autoreset (:func:`real_transitions`) and store them, with ``terminated`` (not
-       ``truncated``) as the end flag, so time-limit ends still bootstrap;
-    3. gradient updates at ``updates_per_step`` per environment step: (Double) DQN targets,
-       Huber loss, per-agent gradient clipping, Adam with a linearly decaying learning rate;
-       a target-network update every ``target_update_interval`` updates;
-    4. every ``eval_every`` steps, ``eval_episodes`` greedy episodes per agent.
+    The single-task entry point of :func:`course.population.train_population` (read its
+    docstring for the loop): every agent has one task, its own vector env from ``make_env``, and
+    a :class:`QNetwork`. Agent ``a``'s results depend only on ``seeds[a]`` and the config:
+    training ``seeds=[1, 2]`` gives agent 2 the same curves and weights as ``seeds=[2]`` alone
+    (on the same device and thread count).
 
     Args:
         config: Hyperparameters.
         seeds: One non-negative seed per agent.
         make_env: ``make_env(num_envs)`` builds a gymnasium vector env with next-step
-            autoreset, a Box observation space and a Discrete action space; called once per
-            agent for training (``config.num_envs``), in agent order, then once per agent for
-            evaluation (``config.eval_episodes``), in agent order; a factory can therefore give
-            each agent its own task. Default: CartPole-v1.
+            autoreset, a Box observation space and a Discrete action space, e.g. one that
+            redraws the CartPole physics at each reset (domain randomisation); called once per
+            agent for training (``config.num_envs``), then once per agent for evaluation
+            (``config.eval_episodes``). Default: CartPole-v1. To give agents different tasks,
+            use :func:`course.population.train_population` with their envs.
         init_state: Initial :class:`QNetwork` weights (a state dict for every agent, or one
             per agent), e.g. a pretrained network to fine-tune; the target network starts equal.
-        device: Torch device; default CUDA when available, else CPU.
+        device: Torch device (:func:`course.population.default_device`).
         progress: Show a tqdm progress bar (works in notebooks).
         callback: Called after each evaluation as ``callback(step, stats)`` with ``stats``
             holding ``eval_return``, ``loss`` and ``q_mean`` (tensors ``[N]``), ``epsilon`` and
             ``lr``.
         regularizer: Optional extra loss: receives
-            :meth:`PopulationQNetwork.named_agent_parameters` and returns one penalty per
-            agent ``[N]`` (e.g. L2-SP toward pretrained weights).
+            :meth:`course.population.PopulationQNetwork.named_agent_parameters` and returns one
+            penalty per agent ``[N]`` (e.g. L2-SP toward pretrained weights).
         freeze: Prefixes of :class:`QNetwork` parameter names to keep fixed (e.g.
             ``("trunk",)`` to train only the head).
 
     Returns:
         A :class:`DQNResult` with learning curves and final weights.
     """
-    start_time = time.perf_counter()
-    cfg = config
     seeds = tuple(int(s) for s in seeds)
     if not seeds or min(seeds) < 0:
         raise ValueError(f"seeds {seeds}: give at least one seed, all non-negative")
-    if cfg.num_envs > cfg.buffer_size:
-        raise ValueError("num_envs exceeds buffer_size; use a larger buffer")
-    device = torch.device(
-        device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    envs = AgentEnvs([make_env(config.num_envs) for _ in seeds])
+    eval_envs = AgentEnvs([make_env(config.eval_episodes) for _ in seeds])
+    if isinstance(init_state, Mapping):
+        init_state = [init_state] * len(seeds)
+    try:
+        run = train_dqn_agents(
+            seeds,
+            envs,
+            eval_envs,
+            config,
+            init_state,
+            regularizer,
+            freeze,
+            device,
+            progress,
+            callback,
+        )
+    finally:
+        envs.close()
+        eval_envs.close()
+    return run
+
+
+def train_dqn_agents(
+    seeds: Sequence[int],
+    envs: PopulationEnv,
+    eval_envs: PopulationEnv,
+    config: DQNConfig,
+    init_states: Sequence[Mapping[str, torch.Tensor]] | None = None,
+    regularizer: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    freeze: Sequence[str] = (),
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    callback: Callable[[int, dict[str, Any]], None] | None = None,
+) -> DQNResult:
+    """:func:`train_dqn` on given environments (agent ``a`` steps ``envs`` row ``a``).
+
+    Args:
+        seeds: One seed per agent.
+        envs: The training environments (``config.num_envs`` sub-envs per agent).
+        eval_envs: The evaluation environments (``config.eval_episodes`` per agent, one
+            greedy episode each per evaluation).
+        config, init_states, regularizer, freeze, device, progress, callback: As in
+            :func:`train_dqn` (``init_states``: one state dict per agent).
+    """
+    device = default_device(device)
+
+    def score(q_fn: Any, index: int) -> torch.Tensor:
+        return greedy_returns(q_fn, eval_envs, seeds, index, device)
+
+    agents = Agents(
+        seeds=tuple(seeds),
+        envs=envs,
+        n_tasks=1,
+        score=score,
+        init_states=init_states,
+        frozen=tuple(freeze),
+        penalty=None
+        if regularizer is None
+        else (lambda q_net: regularizer(q_net.named_agent_parameters())),
     )
-    n_agents, n_envs = len(seeds), cfg.num_envs
 
-    envs = [make_env(n_envs) for _ in seeds]
-    eval_envs = [make_env(cfg.eval_episodes) for _ in seeds]
-    obs_dim, n_actions = _spaces(envs[0])
-    gen = {
-        key: [torch.Generator().manual_seed(_derive_seed(s, key)) for s in seeds]
-        for key in (_INIT, _ACT, _REPLAY)
-    }
+    def report(step: int, stats: dict[str, Any]) -> None:
+        assert callback is not None
+        keys = ("loss", "q_mean", "epsilon", "lr")
+        callback(step, {"eval_return": stats["score"], **{k: stats[k] for k in keys}})
 
-    q_net = PopulationQNetwork(n_agents, obs_dim, n_actions, cfg.hidden, gen[_INIT])
-    if init_state is not None:
-        states = [init_state] * n_agents if isinstance(init_state, dict) else list(init_state)
-        if len(states) != n_agents:
-            raise ValueError(f"init_state has {len(states)} state dicts for {n_agents} seeds")
-        for a, state in enumerate(states):
-            q_net.load_agent_state_dict(a, state)
-    q_net = q_net.to(device)
-    target_net = copy.deepcopy(q_net).requires_grad_(False)
-    frozen = {
-        id(p)
-        for name, w, b in zip(q_net.layer_names, q_net.weights, q_net.biases, strict=True)
-        for p in (w, b)
-        if name.startswith(tuple(freeze))
-    }
-    params = [p.requires_grad_(id(p) not in frozen) for p in q_net.parameters()]
-    params = [p for p in params if p.requires_grad]
-    if not params:
-        raise ValueError(f"freeze={tuple(freeze)} leaves no parameter to train")
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
-    replay = PopulationReplay(n_agents, cfg.buffer_size, (obs_dim,), device)
-
-    def update() -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal sample_u, sample_pos
-        if sample_pos == sample_u.shape[1]:
-            sample_u = torch.stack(
-                [torch.rand(_BLOCK, cfg.batch_size, generator=g) for g in gen[_REPLAY]]
-            ).to(device)
-            sample_pos = 0
-        batch = replay.sample(sample_u[:, sample_pos])
-        sample_pos += 1
-        with torch.no_grad():
-            next_q_target = target_net(batch.next_obs)
-            if cfg.double_dqn:
-                targets = double_td_target(
-                    batch.rewards, q_net(batch.next_obs), next_q_target, batch.terminated, cfg.gamma
-                )
-            else:
-                targets = td_target(batch.rewards, next_q_target, batch.terminated, cfg.gamma)
-        taken = q_net(batch.obs).gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
-        # dqn_loss per agent; summing agents' losses keeps each agent's gradient its own
-        losses = F.smooth_l1_loss(taken, targets, reduction="none").mean(dim=-1)
-        total = losses.sum()
-        if regularizer is not None:
-            total = total + regularizer(q_net.named_agent_parameters()).sum()
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if cfg.max_grad_norm < float("inf"):
-            grads = [p.grad for p in params]
-            norms = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0).sqrt()
-            scale = (cfg.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-            for g in grads:
-                g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
-        optimizer.step()
-        return losses.detach(), taken.detach().mean(dim=-1)
-
-    # Random numbers are drawn in blocks, per agent from its own generators, to keep
-    # per-step Python overhead low without coupling the agents.
-    sample_u = torch.empty(n_agents, 0, cfg.batch_size, device=device)
-    sample_pos = 0
-    act_pos = _BLOCK
-    explore_u = random_actions = torch.empty(0)
-
-    obs_np = np.stack(
-        [env.reset(seed=_derive_seed(s, _ENV))[0] for env, s in zip(envs, seeds, strict=True)]
-    ).reshape(n_agents, n_envs, obs_dim)
-    prev_done = torch.zeros(n_agents, n_envs, dtype=torch.bool)
-    running_return = np.zeros((n_agents, n_envs))
-    episode_steps: list[list[int]] = [[] for _ in seeds]
-    episode_returns: list[list[float]] = [[] for _ in seeds]
-    eval_steps: list[int] = []
-    eval_returns: list[torch.Tensor] = []
-    loss_log: list[torch.Tensor] = []
-    q_log: list[torch.Tensor] = []
-    loss_sum = torch.zeros(n_agents, device=device)
-    q_sum = torch.zeros(n_agents, device=device)
-    n_logged = 0
-    n_updates = since_target_update = 0
-    interval_end = cfg.target_update_interval_end or cfg.target_update_interval
-
-    def target_interval(step: int) -> float:
-        return linear_schedule(cfg.target_update_interval, interval_end, cfg.total_steps, step)
-
-    epsilon, lr = cfg.eps_start, cfg.lr
-    eps_duration = int(cfg.exploration_fraction * cfg.total_steps)
-
-    eval_time = 0.0
-
-    def evaluate_now(step: int) -> None:
-        nonlocal loss_sum, q_sum, n_logged, eval_time
-        k = len(eval_steps)
-        eval_seeds = [_derive_seed(s, _EVAL, k) for s in seeds]
-        eval_start = time.perf_counter()
-        returns = _evaluate_population(q_net, eval_envs, eval_seeds, obs_dim, device)
-        eval_time += time.perf_counter() - eval_start
-        nan = torch.full((n_agents,), float("nan"))
-        loss = (loss_sum / n_logged).cpu() if n_logged else nan
-        q_mean = (q_sum / n_logged).cpu() if n_logged else nan
-        eval_steps.append(step)
-        eval_returns.append(returns)
-        loss_log.append(loss)
-        q_log.append(q_mean)
-        loss_sum, q_sum, n_logged = loss_sum.zero_(), q_sum.zero_(), 0
-        if callback is not None:
-            stats = {"eval_return": returns.mean(-1), "loss": loss, "q_mean": q_mean}
-            callback(step, {**stats, "epsilon": epsilon, "lr": lr})
-        if bar is not None:
-            bar.set_postfix(eval_return=f"{returns.mean():.1f}", refresh=False)
-
-    bar = tqdm(total=cfg.total_steps, disable=not progress, unit="step", leave=False)
-    evaluate_now(0)
-    step = 0
-    next_eval = cfg.eval_every
-    while step < cfg.total_steps:
-        if act_pos == _BLOCK:
-            explore_u = torch.stack([torch.rand(_BLOCK, n_envs, generator=g) for g in gen[_ACT]])
-            random_actions = torch.stack(
-                [torch.randint(n_actions, (_BLOCK, n_envs), generator=g) for g in gen[_ACT]]
-            )
-            act_pos = 0
-        epsilon = linear_schedule(cfg.eps_start, cfg.eps_end, eps_duration, step)
-        obs = torch.as_tensor(obs_np, dtype=torch.float32)
-        with torch.no_grad():
-            greedy = q_net(obs.to(device)).argmax(dim=-1).cpu()
-        explore = explore_u[:, act_pos] < epsilon
-        actions = torch.where(explore, random_actions[:, act_pos], greedy)
-        act_pos += 1
-
-        next_obs_np, rewards_np, terminated_np, truncated_np = _step_all(
-            envs, actions.numpy(), obs_dim
-        )
-        valid = real_transitions(prev_done)
-        replay.add(
-            obs.to(device),
-            actions.to(device),
-            torch.as_tensor(rewards_np, dtype=torch.float32, device=device),
-            torch.as_tensor(next_obs_np, dtype=torch.float32, device=device),
-            torch.as_tensor(terminated_np, device=device),
-            valid.to(device),
-        )
-        done_np = terminated_np | truncated_np
-        valid_np = valid.numpy()
-        running_return = np.where(valid_np, running_return + rewards_np, 0.0)
-        step += n_envs
-        if done_np.any():
-            for a, e in zip(*np.nonzero(done_np & valid_np), strict=True):
-                episode_steps[a].append(step)
-                episode_returns[a].append(float(running_return[a, e]))
-        prev_done = torch.from_numpy(done_np)
-        obs_np = next_obs_np
-
-        lr = linear_schedule(cfg.lr, cfg.lr_end, int(cfg.lr_decay_fraction * cfg.total_steps), step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        due = int(max(0, step - cfg.learning_starts) * cfg.updates_per_step)
-        while n_updates < due:
-            loss, q_mean = update()
-            loss_sum += loss
-            q_sum += q_mean
-            n_logged += 1
-            n_updates += 1
-            since_target_update += 1
-            if since_target_update >= target_interval(step):
-                soft_update(target_net, q_net, cfg.tau)
-                since_target_update = 0
-
-        if step >= next_eval or step >= cfg.total_steps:
-            evaluate_now(step)
-            next_eval += cfg.eval_every
-        bar.update(n_envs)
-    bar.close()
-    for env in [*envs, *eval_envs]:
-        env.close()
-
+    run = train_population(
+        agents,
+        config,
+        config.total_steps,
+        config.eval_every,
+        device,
+        progress,
+        None if callback is None else report,
+    )
     return DQNResult(
-        config=cfg,
-        seeds=seeds,
-        steps=torch.tensor(eval_steps),
-        eval_returns=torch.stack(eval_returns, dim=1),
-        losses=torch.stack(loss_log, dim=1),
-        q_means=torch.stack(q_log, dim=1),
-        episode_steps=[torch.tensor(s, dtype=torch.int64) for s in episode_steps],
-        episode_returns=[torch.tensor(r, dtype=torch.float32) for r in episode_returns],
+        config=config,
+        seeds=agents.seeds,
+        steps=run.steps,
+        eval_returns=run.scores,
+        losses=run.stats["loss"],
+        q_means=run.stats["q_mean"],
+        episode_steps=run.episode_steps,
+        episode_returns=run.episode_returns,
         states=[
-            {k: v.cpu() for k, v in q_net.agent_state_dict(a).items()} for a in range(n_agents)
+            {k: v.cpu() for k, v in run.network.agent_state_dict(a).items()}
+            for a in range(len(agents.seeds))
         ],
-        wall_time=time.perf_counter() - start_time,
-        eval_time=eval_time,
+        wall_time=run.wall_time,
+        eval_time=run.eval_time,
     )
-
-
-_BLOCK = 256  # steps (or updates) of random numbers drawn at once
 
 
 def evaluate(

@@ -16,7 +16,8 @@ The module reads top to bottom like the lesson:
    :func:`pcgrad`;
 2. the supervised warm-up: K sine waves fitted by one multi-head regressor
    (:func:`sine_tasks`, :func:`train_supervised`), where the loss is seen in isolation;
-3. the multi-task DQN (:func:`train_multitask_dqn`): one replay holding every task's transitions
+3. the multi-task DQN (:func:`train_multitask_dqn`, the multi-task entry point of
+   :func:`course.population.train_population`): one replay holding every task's transitions
    with their task ids, a multi-head Q-network, per-task learning rates, trained for a
    *population* of agents (seeds, regularisation strengths) in one batched computation, with the
    single-task agents and the head-less baselines it is compared with.
@@ -24,36 +25,41 @@ The module reads top to bottom like the lesson:
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from course.dqn import double_td_target, epsilon_greedy, linear_schedule, soft_update, td_target
 from course.envs import (
     CartPoleTask,
     GridTask,
     make_cartpole_vec,
     make_grid_vec,
 )
-from course.evaluation import bootstrap_ci, curve_ci, evaluate_policy
-from course.replay import PopulationReplay
+from course.evaluation import bootstrap_ci, curve_ci
+from course.population import (
+    Agents,
+    FamilyEnvs,
+    PopulationQNetwork,
+    TrainerConfig,
+    default_device,
+    greedy_returns,
+    train_population,
+)
 
 __all__ = [
     "ARCHITECTURES",
+    "REGULARIZERS",
     "LESSON_CONFIG",
     "MultiHeadQNetwork",
     "MultiTaskConfig",
     "MultiTaskResult",
-    "PopulationMultiHeadNetwork",
     "SineTasks",
     "SupervisedConfig",
     "SupervisedResult",
@@ -298,108 +304,6 @@ def pcgrad(grads: Sequence[torch.Tensor], generator: torch.Generator | None = No
 # ============================================================================================
 
 
-class _PopulationLinear(nn.Module):
-    """``N`` independent linear layers with stacked weights (``nn.Linear``'s initialisation)."""
-
-    def __init__(
-        self, n_agents: int, fan_in: int, fan_out: int, generators: Sequence[torch.Generator]
-    ) -> None:
-        super().__init__()
-        bound = fan_in**-0.5
-        weight = torch.empty(n_agents, fan_out, fan_in)
-        bias = torch.empty(n_agents, 1, fan_out)
-        for a, gen in enumerate(generators):
-            weight[a] = (torch.rand(fan_out, fan_in, generator=gen) * 2 - 1) * bound
-            bias[a, 0] = (torch.rand(fan_out, generator=gen) * 2 - 1) * bound
-        self.weight = nn.Parameter(weight)  # [N, out, in]
-        self.bias = nn.Parameter(bias)  # [N, 1, out]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight.transpose(1, 2))
-
-
-class PopulationMultiHeadNetwork(nn.Module):
-    """``N`` independent :class:`MultiHeadQNetwork` s with stacked weights, one batched call.
-
-    Agent ``a`` reads only its own slice of every parameter, so its outputs and gradients do not
-    depend on the other agents; summing the agents' losses trains them all at once. Head ``k``'s
-    parameters are separate tensors (``heads[k]``), so :func:`task_param_groups` gives each task
-    its own learning rate for every agent, and the regularisers see ``theta_k`` directly.
-
-    Args:
-        n_agents: Number of agents ``N``.
-        obs_dim: Observation size ``D``.
-        n_outputs: Outputs per head (actions ``A``, or 1 for regression).
-        n_tasks: Number of heads ``K``.
-        hidden: Widths of the trunk's hidden layers.
-        generators: One generator per agent for the initialisation.
-
-    Attributes:
-        trunk: ``nn.ModuleList`` of :class:`_PopulationLinear` layers (ReLU after each).
-        heads: ``nn.ModuleList`` of ``K`` :class:`_PopulationLinear` heads.
-    """
-
-    def __init__(
-        self,
-        n_agents: int,
-        obs_dim: int,
-        n_outputs: int,
-        n_tasks: int,
-        hidden: Sequence[int] = (64,),
-        generators: Sequence[torch.Generator] | None = None,
-    ) -> None:
-        super().__init__()
-        if generators is None:
-            generators = [torch.Generator() for _ in range(n_agents)]
-        self.n_agents, self.obs_dim, self.n_outputs, self.n_tasks = (
-            n_agents,
-            obs_dim,
-            n_outputs,
-            n_tasks,
-        )
-        self.hidden = tuple(hidden)
-        dims = [obs_dim, *self.hidden]
-        self.trunk = nn.ModuleList(
-            _PopulationLinear(n_agents, i, o, generators) for i, o in zip(dims[:-1], dims[1:])
-        )
-        self.heads = nn.ModuleList(
-            _PopulationLinear(n_agents, dims[-1], n_outputs, generators) for _ in range(n_tasks)
-        )
-
-    def forward(self, obs: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
-        """Outputs ``[N, B, A]`` of observations ``[N, B, D]``, row ``(a, b)`` from head
-        ``tasks[a, b]`` of agent ``a``."""
-        x = obs
-        for layer in self.trunk:
-            x = layer(x).relu()
-        weight = torch.cat([head.weight for head in self.heads], dim=1)  # [N, K*A, H]
-        bias = torch.cat([head.bias for head in self.heads], dim=2)  # [N, 1, K*A]
-        every_head = torch.baddbmm(bias, x, weight.transpose(1, 2))
-        every_head = every_head.view(*x.shape[:2], self.n_tasks, self.n_outputs)
-        index = tasks.long()[..., None, None].expand(-1, -1, 1, self.n_outputs)
-        return every_head.gather(2, index).squeeze(2)
-
-    def task_parameters(self, k: int) -> list[nn.Parameter]:
-        """Head ``k``'s parameters (stacked over agents)."""
-        return list(self.heads[k].parameters())
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        """The trunk's parameters (stacked over agents)."""
-        return list(self.trunk.parameters())
-
-    def agent(self, a: int) -> MultiHeadQNetwork:
-        """Agent ``a`` as a plain :class:`MultiHeadQNetwork` (a copy, on the CPU)."""
-        net = MultiHeadQNetwork(self.obs_dim, self.n_outputs, self.n_tasks, self.hidden)
-        with torch.no_grad():
-            for mine, layer in zip(self.trunk, net.trunk[::2], strict=True):
-                layer.weight.copy_(mine.weight[a])
-                layer.bias.copy_(mine.bias[a, 0])
-            for mine, head in zip(self.heads, net.heads, strict=True):
-                head.weight.copy_(mine.weight[a])
-                head.bias.copy_(mine.bias[a, 0])
-        return net
-
-
 def _agent_penalty(task_params: Sequence[Sequence[torch.Tensor]], kind: str) -> torch.Tensor:
     """Per-agent penalty ``[N]`` of stacked task parameters ``[N, ...]``.
 
@@ -546,7 +450,7 @@ class SupervisedResult:
     history: list[dict[str, float]]
     train_loss: torch.Tensor
     test_mse: torch.Tensor
-    network: PopulationMultiHeadNetwork
+    network: PopulationQNetwork
     wall_time: float
 
 
@@ -561,8 +465,9 @@ def train_supervised(
     Each run minimises ``sum_k MSE_k + lam * R(theta_1..theta_K)`` with ``R`` the weight decay
     of :func:`multitask_loss` (``"l2"``) or :func:`mean_regularizer` (``"mean"``) on the heads.
     Runs are independent (own initialisation and training sample, from the seed) and trained
-    together by :class:`PopulationMultiHeadNetwork`. Each step zeroes the gradients, computes
-    the loss, back-propagates and steps; the test error is measured under ``torch.no_grad()``.
+    together by a :class:`course.population.PopulationQNetwork` with K heads. Each step zeroes
+    the gradients, computes the loss, back-propagates and steps; the test error is measured
+    under ``torch.no_grad()``.
 
     Args:
         config: Hyperparameters.
@@ -580,7 +485,7 @@ def train_supervised(
     run_seeds = torch.tensor([int(s) for _ in lams for s in seeds])
     N = len(run_lams)
     gens = [torch.Generator().manual_seed(int(s)) for s in run_seeds]
-    net = PopulationMultiHeadNetwork(N, 1, 1, K, config.hidden, gens)
+    net = PopulationQNetwork(N, 1, 1, config.hidden, n_heads=K, generators=gens)
     data = [sine_data(tasks, config.n_train, g, config.noise) for g in gens]
     x = torch.stack([d[0] for d in data])  # [N, K*n, 1]
     y = torch.stack([d[1] for d in data])
@@ -594,7 +499,7 @@ def train_supervised(
         optimizer.zero_grad(set_to_none=True)
         pred = net(x, task_ids).squeeze(-1)
         task_mse = per_task_mean((pred - y).pow(2), task_ids, K)  # [N, K]
-        heads = [net.task_parameters(k) for k in range(K)]
+        heads = [net.head_parameters(k) for k in range(K)]
         penalty = _agent_penalty(heads, regularizer)  # [N]
         loss = task_mse.sum() + (run_lams.float() * penalty).sum()
         loss.backward()
@@ -627,62 +532,81 @@ def train_supervised(
 # 3. Multi-task DQN on a task family
 # ============================================================================================
 
-ARCHITECTURES: tuple[str, ...] = ("heads", "task_input", "shared")
+Architecture = Literal["heads", "task_input", "shared"]
+Regularizer = Literal["l2", "mean"]
+REGULARIZERS: tuple[str, ...] = get_args(Regularizer)
+"""``"l2"``: weight decay on the heads (:func:`multitask_loss`). ``"mean"``: the heads pulled
+toward their mean (:func:`mean_regularizer`)."""
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 """``"heads"``: shared trunk, one head per task. ``"task_input"``: one head, the task's one-hot
 appended to the observation. ``"shared"``: one head and no task information at all (the
 tasks' conflicting targets are averaged)."""
 
 
 @dataclass(frozen=True)
-class MultiTaskConfig:
-    """Hyperparameters of :func:`train_multitask_dqn` (defaults: the grid family)."""
+class MultiTaskConfig(TrainerConfig):
+    """Hyperparameters of :func:`train_multitask_dqn` (defaults: the grid family).
 
-    steps_per_task: int = 6_000
-    """environment steps per task (an agent with K tasks takes K times as many)"""
-    envs_per_task: int = 4
-    """parallel environments per task"""
-    architecture: str = "heads"
-    """one of ARCHITECTURES"""
+    The fields of :class:`course.population.TrainerConfig` (with the grid family's defaults),
+    the multi-task budget and the multi-task choices. String choices are checked when the
+    config is built.
+    """
+
     hidden: tuple[int, ...] = (64,)
     """trunk widths"""
     lr: float = 1e-3
     """Adam learning rate of the shared parameters"""
-    task_lrs: tuple[float, ...] | None = None
-    """one learning rate per head (None: lr for every head)"""
     lr_end_fraction: float = 0.1
     """every learning rate decays linearly to this fraction of its start"""
-    lam: float = 0.0
-    """penalty weight on the heads (overridden per agent by the `lams` argument)"""
-    regularizer: str = "l2"
-    """"l2" (weight decay, multitask_loss) or "mean" (mean_regularizer)"""
-    use_pcgrad: bool = False
-    """combine the tasks' gradients of the trunk with pcgrad instead of summing them"""
+    lr_decay_fraction: float = 1.0
+    """fraction of training over which the learning rates decay"""
     gamma: float = 0.9
     """discount factor (the grid tasks' own gamma, so Q can be compared with Q*)"""
     buffer_size: int = 20_000
     """replay capacity per agent, shared by its tasks"""
-    batch_size: int = 128
-    """transitions per update, drawn from all tasks together"""
     learning_starts: int = 500
-    """environment steps (per agent) before the first update"""
+    """environment steps (per agent, all tasks together) before the first update"""
     updates_per_step: float = 0.25
     """gradient updates per environment step of the agent"""
     target_update_interval: int = 100
-    """updates between hard target-network updates"""
-    double_dqn: bool = True
-    """Double DQN targets"""
-    eps_start: float = 1.0
-    """exploration at the start"""
+    """updates between target-network updates"""
     eps_end: float = 0.05
     """exploration after the decay"""
     exploration_fraction: float = 0.3
     """fraction of training over which epsilon decays"""
-    max_grad_norm: float = 10.0
-    """gradient-norm clip per agent"""
+    steps_per_task: int = 6_000
+    """environment steps per task (an agent with K tasks takes K times as many)"""
+    envs_per_task: int = 4
+    """parallel environments per task"""
     eval_every: int = 500
-    """environment steps per task between evaluations"""
-    eval_episodes: int = 10
-    """greedy episodes per task and evaluation (CartPole; the grid is evaluated exactly)"""
+    """environment steps per task between evaluations (CartPole: eval_episodes per task; the
+    grid is evaluated exactly)"""
+    architecture: Architecture = "heads"
+    """one of ARCHITECTURES"""
+    task_lrs: tuple[float, ...] | None = None
+    """one learning rate per head (None: lr for every head)"""
+    lam: float = 0.0
+    """penalty weight on the heads (overridden per agent by the `lams` argument)"""
+    regularizer: Regularizer = "l2"
+    """"l2" (weight decay, multitask_loss) or "mean" (mean_regularizer)"""
+    use_pcgrad: bool = False
+    """combine the tasks' gradients of the trunk with pcgrad instead of summing them"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"architecture is {self.architecture!r}; use one of {', '.join(ARCHITECTURES)}"
+            )
+        if self.regularizer not in REGULARIZERS:
+            raise ValueError(
+                f"regularizer is {self.regularizer!r}; use 'l2' (weight decay) or 'mean'"
+            )
+        for name in ("steps_per_task", "envs_per_task", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r}; it must be at least 1")
+        if self.lam < 0 or any(lr < 0 for lr in self.task_lrs or ()):
+            raise ValueError("lam and task_lrs must be non-negative")
 
 
 @dataclass
@@ -714,7 +638,7 @@ class MultiTaskResult:
     scores: torch.Tensor
     conflict: torch.Tensor
     history: list[dict[str, float]]
-    network: PopulationMultiHeadNetwork
+    network: PopulationQNetwork
     wall_time: float = 0.0
 
     @property
@@ -726,13 +650,6 @@ class MultiTaskResult:
     def final_scores(self) -> torch.Tensor:
         """``[N, K]`` the last evaluation."""
         return self.scores[:, -1]
-
-
-def _derive_seed(seed: int, *keys: int) -> int:
-    return int(np.random.SeedSequence([seed, 4, *keys]).generate_state(1)[0])
-
-
-_INIT, _ACT, _REPLAY, _ENV, _EVAL, _PC = range(6)
 
 
 def _family_env(tasks: Sequence[Any], envs_per_task: int) -> Any:
@@ -786,15 +703,16 @@ def train_multitask_dqn(
 ) -> MultiTaskResult:
     """Train ``N`` multi-task DQN agents at once; agent ``a`` learns the K tasks ``agent_tasks[a]``.
 
-    Per agent: one vector env stepping all its tasks (``envs_per_task`` sub-envs each), one
-    replay holding every task's transitions with their task ids, a multi-head Q-network (or a
-    head-less baseline, ``config.architecture``), Adam with the parameter groups of
-    :func:`task_param_groups` (per-task learning rates), and the loss
+    The multi-task entry point of :func:`course.population.train_population` (read its
+    docstring for the loop). Per agent: one task-family env stepping all its tasks
+    (``envs_per_task`` sub-envs each), one replay holding every task's transitions with their
+    task ids, a multi-head Q-network (or a head-less baseline, ``config.architecture``), Adam
+    with one parameter group for the trunk and one per head (the groups of
+    :func:`task_param_groups`: per-task learning rates), and the loss
     ``sum_k L_k + lam * R(heads)`` of :func:`multitask_loss` (or with :func:`mean_regularizer`),
     where ``L_k`` is the mean Huber TD loss over the batch rows of task ``k``. With
     ``use_pcgrad`` the trunk's gradient is :func:`pcgrad` of the tasks' trunk gradients instead
-    of their sum. The agents are independent (own seed-derived initialisation, exploration,
-    replay sampling and environment seeds); they are only computed together. Single-task
+    of their sum. The agents are independent; they are only computed together. Single-task
     agents are the case ``K = 1``.
 
     Args:
@@ -803,16 +721,13 @@ def train_multitask_dqn(
         seeds: ``N`` non-negative seeds.
         config: Hyperparameters.
         lams: ``N`` penalty weights (default: ``config.lam`` for every agent).
-        device: Torch device; default CUDA when available, else CPU.
+        device: Torch device (:func:`course.population.default_device`).
         progress: Show a progress bar.
 
     Returns:
         A :class:`MultiTaskResult`.
     """
-    start_time = time.perf_counter()
-    cfg = config
-    if cfg.architecture not in ARCHITECTURES:
-        raise ValueError(f"architecture is {cfg.architecture!r}; use one of {ARCHITECTURES}")
+    cfg, device = config, default_device(device)
     N = len(agent_tasks)
     if N == 0 or len(seeds) != N:
         raise ValueError(f"got {N} task lists and {len(seeds)} seeds; give one seed per agent")
@@ -828,222 +743,76 @@ def train_multitask_dqn(
     task_lrs = cfg.task_lrs if cfg.task_lrs is not None else (cfg.lr,) * K
     if len(task_lrs) != K:
         raise ValueError(f"task_lrs has {len(task_lrs)} entries for {K} tasks; give one per task")
-    device = torch.device(
-        device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-    )
-    E = cfg.envs_per_task
     flat_tasks = [t for tasks in agent_tasks for t in tasks]
-    env = _family_env(flat_tasks, E)  # sub-env i: agent i // (K E), task (i // E) % K
-    n_actions = int(env.single_action_space.n)
-    raw_dim = int(np.prod(env.single_observation_space.shape))
+    envs = FamilyEnvs(_family_env(flat_tasks, cfg.envs_per_task), N, K)
     n_heads = K if cfg.architecture == "heads" else 1
-    obs_dim = raw_dim + (K if cfg.architecture == "task_input" else 0)
-    env_task = torch.from_numpy(env.task_ids % K).view(N, K * E)
-    gens = {
-        key: [torch.Generator().manual_seed(_derive_seed(s, key)) for s in seeds]
-        for key in (_INIT, _ACT, _REPLAY, _PC)
-    }
-    q_net = PopulationMultiHeadNetwork(N, obs_dim, n_actions, n_heads, cfg.hidden, gens[_INIT])
-    q_net = q_net.to(device)
-    target_net = copy.deepcopy(q_net).requires_grad_(False)
-    groups = task_param_groups(q_net, cfg.lr, task_lrs if n_heads == K else task_lrs[:1])
-    for group in groups:
-        group["initial_lr"] = group["lr"]
-    optimizer = torch.optim.Adam(groups, fused=device.type in ("cpu", "cuda"))
-    shared = q_net.shared_parameters()
-    heads = [q_net.task_parameters(k) for k in range(n_heads)]
-    replay = PopulationReplay(N, cfg.buffer_size, (raw_dim,), device)
     lam_dev = run_lams.float().to(device)
 
-    def inputs(obs: torch.Tensor, tasks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if cfg.architecture == "heads":
-            return obs, tasks
+    def inputs(obs: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         if cfg.architecture == "task_input":
-            obs = torch.cat([obs, F.one_hot(tasks, K).to(obs.dtype)], dim=-1)
-        return obs, torch.zeros_like(tasks)
+            return torch.cat([obs, F.one_hot(tasks, K).to(obs.dtype)], dim=-1)
+        return obs
 
-    def q_values(net: nn.Module, obs: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
-        return net(*inputs(obs, tasks))
+    def penalty(q_net: PopulationQNetwork) -> torch.Tensor:
+        heads = [q_net.head_parameters(k) for k in range(n_heads)]
+        return lam_dev * _agent_penalty(heads, cfg.regularizer)
 
-    def task_losses(batch: Any) -> torch.Tensor:
-        """``[N, K]`` mean Huber TD loss of each agent on each task's rows of the batch."""
-        with torch.no_grad():
-            next_target = q_values(target_net, batch.next_obs, batch.tasks)
-            if cfg.double_dqn:
-                next_online = q_values(q_net, batch.next_obs, batch.tasks)
-                targets = double_td_target(
-                    batch.rewards, next_online, next_target, batch.terminated, cfg.gamma
-                )
-            else:
-                targets = td_target(batch.rewards, next_target, batch.terminated, cfg.gamma)
-        taken = q_values(q_net, batch.obs, batch.tasks).gather(-1, batch.actions[..., None])
-        rows = F.smooth_l1_loss(taken.squeeze(-1), targets, reduction="none")
-        return per_task_mean(rows, batch.tasks, K)
-
-    def draw_batch(agent_gens: Sequence[torch.Generator]) -> Any:
-        u = torch.stack([torch.rand(cfg.batch_size, generator=g) for g in agent_gens])
-        return replay.sample(u.to(device))
-
-    def per_task_trunk_grads(losses: torch.Tensor) -> list[list[torch.Tensor]]:
-        """For every task, the gradient of its loss (summed over agents) w.r.t. the trunk."""
-        per_task = losses.sum(0)
-        return [list(torch.autograd.grad(per_task[k], shared, retain_graph=True)) for k in range(K)]
-
-    def flat_agent(grads: list[torch.Tensor], a: int) -> torch.Tensor:
-        return torch.cat([g[a].flatten() for g in grads])
-
-    def update() -> dict[str, torch.Tensor]:
-        batch = draw_batch(gens[_REPLAY])
-        losses = task_losses(batch)  # [N, K]
-        penalty = _agent_penalty(heads, cfg.regularizer)  # [N]
-        total = losses.sum() + (lam_dev * penalty).sum()
-        optimizer.zero_grad(set_to_none=True)
-        if cfg.use_pcgrad and K > 1:
-            trunk_grads = per_task_trunk_grads(losses)
-            total.backward()
-            for a in range(N):
-                combined = pcgrad([flat_agent(g, a) for g in trunk_grads], gens[_PC][a])
-                offset = 0
-                for p in shared:
-                    n = p[a].numel()
-                    p.grad[a] = combined[offset : offset + n].view_as(p[a])
-                    offset += n
-        else:
-            total.backward()
-        params = [p for group in groups for p in group["params"]]
-        if cfg.max_grad_norm < float("inf"):
-            norms = torch.stack([p.grad.pow(2).flatten(1).sum(1) for p in params]).sum(0).sqrt()
-            scale = (cfg.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-            for p in params:
-                p.grad.mul_(scale.view(-1, *([1] * (p.grad.dim() - 1))))
-        optimizer.step()
-        return {"loss": losses.detach().sum(1), "penalty": penalty.detach()}
-
-    def conflict_now() -> torch.Tensor:
-        if K < 2 or int(replay.size.min()) == 0:
-            return torch.full((N, K, K), float("nan"))
-        batch = draw_batch(gens[_PC])
-        grads = per_task_trunk_grads(task_losses(batch))
-        return torch.stack(
-            [gradient_conflict([flat_agent(g, a) for g in grads]) for a in range(N)]
-        ).cpu()
-
-    # evaluation
-    eval_env = None
-    solved: dict[GridTask, Any] = {}
+    eval_envs = None
     if isinstance(flat_tasks[0], GridTask):
-        obs_table = torch.from_numpy(env.observations()).to(device)
-        for task in flat_tasks:
-            if task not in solved:
-                solved[task] = _solve_grid(task)
-    else:
-        eval_env = _family_env(flat_tasks, cfg.eval_episodes)
-        eval_task = torch.from_numpy(eval_env.task_ids % K).view(N, -1).to(device)
+        obs_table = torch.from_numpy(envs.env.observations()).to(device)
+        solved = {task: _solve_grid(task) for task in set(flat_tasks)}
 
-    def evaluate_now(k_eval: int) -> torch.Tensor:
-        q_fn = lambda obs, tasks: q_values(q_net, obs, tasks)  # noqa: E731
-        if eval_env is None:
+        def score(q_fn: Any, index: int) -> torch.Tensor:
             return _grid_scores(q_fn, agent_tasks, obs_table, solved)
+    else:
+        eval_envs = FamilyEnvs(_family_env(flat_tasks, cfg.eval_episodes), N, K)
 
-        def policy(obs: torch.Tensor) -> torch.Tensor:
-            return q_fn(obs.view(N, -1, raw_dim), eval_task).argmax(-1).view(-1)
+        def score(q_fn: Any, index: int) -> torch.Tensor:
+            returns = greedy_returns(q_fn, eval_envs, seeds, index, device)
+            return returns.view(N, K, cfg.eval_episodes).mean(-1)
 
-        eval_seeds = [
-            _derive_seed(s, _EVAL, k_eval, i) % 2**31
-            for s in seeds
-            for i in range(K * cfg.eval_episodes)
-        ]
-        # the family envs accept one seed per sub-env
-        returns = evaluate_policy(policy, eval_env, eval_env.num_envs, eval_seeds, device)
-        return returns.view(N, K, cfg.eval_episodes).mean(-1).float()
-
-    env_seeds = [_derive_seed(s, _ENV, i) % 2**31 for s in seeds for i in range(K * E)]
-    obs_np, _ = env.reset(seed=env_seeds)
-    prev_done = torch.zeros(N, K * E, dtype=torch.bool)
-    steps_log: list[int] = []
-    scores: list[torch.Tensor] = []
-    conflicts: list[torch.Tensor] = []
-    history: list[dict[str, float]] = []
-    stat_sum = {"loss": torch.zeros(N, device=device), "penalty": torch.zeros(N, device=device)}
-    n_logged = 0
-    n_updates = 0
-    epsilon = cfg.eps_start
-    total = cfg.steps_per_task
-    eps_duration = int(cfg.exploration_fraction * total)
-
-    def log(step: int) -> None:
-        nonlocal n_logged
-        s = evaluate_now(len(steps_log))
-        steps_log.append(step)
-        scores.append(s)
-        conflicts.append(conflict_now())
-        stats = {
-            "step": float(step),
-            "score": float(s.mean()),
-            "epsilon": float(epsilon),
-            "lr": float(optimizer.param_groups[0]["lr"]),
-        }
-        for key, value in stat_sum.items():
-            stats[key] = float(value.mean()) / n_logged if n_logged else float("nan")
-            value.zero_()
-        n_logged = 0
-        history.append(stats)
-
-    bar = tqdm(total=total, disable=not progress, unit="step", leave=False)
-    log(0)
-    step = 0
-    next_eval = cfg.eval_every
-    while step < total:
-        epsilon = linear_schedule(cfg.eps_start, cfg.eps_end, eps_duration, step)
-        obs = torch.as_tensor(obs_np, dtype=torch.float32).view(N, K * E, raw_dim)
-        with torch.no_grad():
-            q = q_values(q_net, obs.to(device), env_task.to(device)).cpu()
-        actions = torch.stack([epsilon_greedy(q[a], epsilon, gens[_ACT][a]) for a in range(N)])
-        next_obs_np, rewards, terminated, truncated, _ = env.step(actions.view(-1).numpy())
-        valid = ~prev_done
-        replay.add(
-            obs.to(device),
-            actions.to(device),
-            torch.as_tensor(rewards, dtype=torch.float32).view(N, -1).to(device),
-            torch.as_tensor(next_obs_np, dtype=torch.float32).view(N, K * E, raw_dim).to(device),
-            torch.as_tensor(terminated).view(N, -1).to(device),
-            valid.to(device),
-            env_task.to(device),
+    agents = Agents(
+        seeds=tuple(seeds),
+        envs=envs,
+        n_tasks=K,
+        score=score,
+        n_heads=n_heads,
+        inputs=inputs,
+        input_dim=envs.obs_dim + (K if cfg.architecture == "task_input" else 0),
+        penalty=penalty if bool(run_lams.any()) else None,
+        head_lrs=tuple(task_lrs[:n_heads]),
+        pcgrad=cfg.use_pcgrad,
+    )
+    try:
+        run = train_population(
+            agents, cfg, cfg.steps_per_task * K, cfg.eval_every * K, device, progress
         )
-        prev_done = torch.as_tensor(terminated | truncated).view(N, -1)
-        obs_np = next_obs_np
-        step += E
-        fraction = 1.0 - (1.0 - cfg.lr_end_fraction) * min(step / total, 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * fraction
-        due = int(max(0, step * K - cfg.learning_starts) * cfg.updates_per_step)
-        while n_updates < due:
-            stats = update()
-            for key in stat_sum:
-                stat_sum[key] += stats[key]
-            n_logged += 1
-            n_updates += 1
-            if n_updates % cfg.target_update_interval == 0:
-                soft_update(target_net, q_net, 1.0)
-        if step >= next_eval or step >= total:
-            log(step)
-            next_eval += cfg.eval_every
-        bar.update(E)
-    bar.close()
-    env.close()
-    if eval_env is not None:
-        eval_env.close()
+    finally:
+        envs.close()
+        if eval_envs is not None:
+            eval_envs.close()
+    history = [
+        {
+            "step": float(run.steps[t] // K),
+            "score": float(run.scores[:, t].mean()),
+            "epsilon": float(run.stats["epsilon"][t]),
+            "lr": float(run.stats["lr"][t]),
+            "loss": float(run.stats["loss"][:, t].mean()),
+            "penalty": float(run.stats["penalty"][:, t].mean()),
+        }
+        for t in range(len(run.steps))
+    ]
     return MultiTaskResult(
         config=cfg,
         seeds=torch.tensor(seeds),
         lams=run_lams,
         task_names=[[t.name for t in tasks] for tasks in agent_tasks],
-        steps=torch.tensor(steps_log),
-        scores=torch.stack(scores, dim=1),
-        conflict=torch.stack(conflicts, dim=1),
+        steps=run.steps // K,
+        scores=run.scores,
+        conflict=run.conflict,
         history=history,
-        network=q_net.cpu(),
-        wall_time=time.perf_counter() - start_time,
+        network=run.network.cpu(),
+        wall_time=run.wall_time,
     )
 
 

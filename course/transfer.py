@@ -34,10 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from course.dqn import DQNConfig, DQNResult, QNetwork, evaluate, train_dqn
+from course.dqn import DQNConfig, DQNResult, QNetwork, evaluate, train_dqn, train_dqn_agents
 from course.envs import CARTPOLE_TASKS, CartPoleTask, make_cartpole_vec
 from course.evaluation import ConfidenceInterval, curve_ci
 from course.multitask import MultiHeadQNetwork, MultiTaskConfig, train_multitask_dqn
+from course.population import AgentEnvs, Purpose, derive_seed, linear_init, network_sizes
 
 __all__ = [
     "ARMS",
@@ -358,15 +359,13 @@ FINETUNE_STRATEGIES: tuple[str, ...] = ("scratch", "full", "freeze_trunk", "l2sp
 
 @torch.no_grad()
 def _reinitialise(module: nn.Module, generator: torch.Generator | None) -> None:
-    """PyTorch's default init (uniform in ``+-1/sqrt(fan_in)``) for every Linear in ``module``."""
+    """:func:`course.population.linear_init` for every Linear in ``module``, in module order."""
     for layer in module.modules():
         if isinstance(layer, nn.Linear):
-            bound = layer.in_features**-0.5
-            for p in (layer.weight, layer.bias):
-                if p is None:
-                    continue
-                fresh = torch.rand(p.shape, generator=generator, dtype=p.dtype)
-                p.copy_((fresh * 2 - 1) * bound)
+            weight, bias = linear_init(layer.in_features, layer.out_features, generator)
+            layer.weight.copy_(weight)
+            if layer.bias is not None:
+                layer.bias.copy_(bias)
         elif (
             layer is not module
             and hasattr(layer, "reset_parameters")
@@ -484,18 +483,8 @@ class Checkpoint(NamedTuple):
 
 
 def _network_sizes(state_dict: Mapping[str, torch.Tensor]) -> tuple[int, int, tuple[int, ...]]:
-    """(obs_dim, n_actions, hidden) of a QNetwork state dict."""
-    try:
-        n_hidden = sum(1 for k in state_dict if k.startswith("trunk.") and k.endswith(".weight"))
-        hidden = tuple(int(state_dict[f"trunk.{2 * i}.weight"].shape[0]) for i in range(n_hidden))
-        head = state_dict["head.weight"]
-        first = state_dict["trunk.0.weight"] if n_hidden else head
-        return int(first.shape[1]), int(head.shape[0]), hidden
-    except KeyError as exc:
-        raise ValueError(
-            f"the state dict lacks {exc}; a checkpoint holds a QNetwork state dict "
-            "(trunk.0.weight, ..., head.weight, head.bias)"
-        ) from None
+    """(obs_dim, n_actions, hidden) of a QNetwork state dict (:func:`network_sizes`)."""
+    return network_sizes(state_dict)[:3]
 
 
 def save_checkpoint(
@@ -584,7 +573,6 @@ SOURCE_CONFIG = DQNConfig(
     num_envs=4,
     hidden=(64, 64),
     lr=1e-3,
-    lr_end=0.0,
     lr_decay_fraction=1.0,
     buffer_size=20_000,
     batch_size=64,
@@ -819,37 +807,13 @@ class ComparisonResult:
         return dataclasses.replace(self, curves=curves, wall_time=self.wall_time + other.wall_time)
 
 
-class _AgentTaskEnvs:
-    """``make_env`` for :func:`train_dqn` that gives agent ``a`` its own task.
-
-    :func:`train_dqn` builds one training env per agent, in agent order, then one evaluation env
-    per agent; the sizes asked for (``num_envs``, then ``eval_episodes``) let this factory verify
-    that order, and it raises rather than hand an agent the wrong task.
-    """
-
-    def __init__(self, tasks: Sequence[CartPoleTask], num_envs: int, eval_episodes: int) -> None:
-        self.tasks, self.sizes = list(tasks), (num_envs, eval_episodes)
-        self.calls = 0
-
-    def __call__(self, num_envs: int) -> Any:
-        n = len(self.tasks)
-        k, self.calls = self.calls, self.calls + 1
-        if k >= 2 * n or num_envs != self.sizes[k // n]:
-            raise RuntimeError(
-                "train_dqn no longer builds its envs agent by agent; train one target per call"
-            )
-        return make_cartpole_vec([self.tasks[k % n]], num_envs)
-
-
 def _fresh_state(template: Mapping[str, torch.Tensor], strategy: str, seed: int) -> dict:
     """The starting weights of a strategy for one seed (fresh parts drawn from the seed)."""
     obs_dim, n_actions, hidden = _network_sizes(template)
     net = QNetwork(obs_dim, n_actions, hidden)
     net.load_state_dict(dict(template))
     kind = {"scratch_same_eps": "scratch", "multitask": "full"}.get(strategy, strategy)
-    generator = torch.Generator().manual_seed(
-        int(np.random.SeedSequence([seed, 5]).generate_state(1)[0])
-    )
+    generator = torch.Generator().manual_seed(derive_seed(seed, Purpose.FRESH))
     prepare_finetune(net, kind, generator=generator)
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
@@ -950,32 +914,30 @@ def compare_strategies(
             _fresh_state(starts["multitask" if s == "multitask" else "source"], s, seed)
             for _, s, seed in agents
         ]
-        if cfg.num_envs != cfg.eval_episodes:
-            batches = [agents]
-        else:  # the env factory cannot verify the order: one target per call
-            batches = [[a for a in agents if a[0] == t] for t in targets]
-        for batch in batches:
-            index = [agents.index(a) for a in batch]
-            alpha = torch.tensor([l2sp_alpha if s == "l2sp" else 0.0 for _, s, _ in batch])
-            make_env = _AgentTaskEnvs(
-                [targets[t] for t, _, _ in batch], cfg.num_envs, cfg.eval_episodes
-            )
-            result = train_dqn(
+        alpha = torch.tensor([l2sp_alpha if s == "l2sp" else 0.0 for _, s, _ in agents])
+        tasks = [targets[t] for t, _, _ in agents]
+        envs = AgentEnvs([make_cartpole_vec([task], cfg.num_envs) for task in tasks])
+        eval_envs = AgentEnvs([make_cartpole_vec([task], cfg.eval_episodes) for task in tasks])
+        try:
+            result = train_dqn_agents(
+                [seed for _, _, seed in agents],
+                envs,
+                eval_envs,
                 cfg,
-                [seed for _, _, seed in batch],
-                make_env,
-                init_state=[states[i] for i in index],
-                device=device,
-                progress=progress,
+                init_states=states,
                 regularizer=l2sp_regularizer(source, alpha, exclude=("head",))
                 if bool(alpha.any())
                 else None,
                 freeze=freeze,
+                device=device,
+                progress=progress,
             )
-            steps = result.steps
-            means = result.eval_mean
-            for (target, strategy, _), curve in zip(batch, means, strict=True):
-                curves[target].setdefault(strategy, []).append(curve)  # type: ignore[arg-type]
+        finally:
+            envs.close()
+            eval_envs.close()
+        steps = result.steps
+        for (target, strategy, _), curve in zip(agents, result.eval_mean, strict=True):
+            curves[target].setdefault(strategy, []).append(curve)  # type: ignore[arg-type]
     stacked = {
         t: {s: torch.stack(arms[s]) for s in strategies}  # type: ignore[misc]
         for t, arms in curves.items()

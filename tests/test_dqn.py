@@ -12,9 +12,7 @@ from torch import nn
 
 from course.dqn import (
     DQNConfig,
-    PopulationQNetwork,
     QNetwork,
-    _PopulationMLP,
     double_td_target,
     dqn_loss,
     epsilon_greedy,
@@ -25,6 +23,7 @@ from course.dqn import (
     td_target,
     train_dqn,
 )
+from course.population import PopulationQNetwork
 
 TINY = DQNConfig(
     total_steps=400,
@@ -212,54 +211,15 @@ def test_qnetwork_trunk_and_head():
     assert QNetwork(4, 2, hidden=())(torch.zeros(1, 4)).shape == (1, 2)
 
 
-def test_population_network_agents_match_plain_qnetworks():
-    gens = [torch.Generator().manual_seed(s) for s in range(3)]
-    pop = PopulationQNetwork(3, 4, 2, (8, 8), gens)
-    obs = torch.randn(3, 6, 4)
-    out = pop(obs)
-    for a in range(3):
-        torch.testing.assert_close(out[a], pop.agent(a)(obs[a]))
-    other = QNetwork(4, 2, (8, 8))
-    pop.load_agent_state_dict(1, other.state_dict())
-    torch.testing.assert_close(pop(obs)[1], other(obs[1]))
-    with pytest.raises(ValueError, match="hidden"):
-        pop.load_agent_state_dict(0, QNetwork(4, 2, (8,)).state_dict())
-    # an agent's initialisation depends only on its own generator
-    alone = PopulationQNetwork(1, 4, 2, (8, 8), [torch.Generator().manual_seed(2)])
-    assert torch.equal(alone.weights[0][0], pop.weights[0][2])
-
-
-@pytest.mark.parametrize("hidden", [(), (6,), (9, 5)])
-def test_population_network_gradients_are_exact(hidden):
-    pop = PopulationQNetwork(2, 4, 3, hidden, [torch.Generator().manual_seed(s) for s in (0, 1)])
-    pop = pop.double()
-    obs = torch.randn(2, 5, 4, dtype=torch.float64)
-    params = [t for pair in zip(pop.weights, pop.biases, strict=True) for t in pair]
-    # the hand-written backward against finite differences (inputs included, for completeness)
-    assert torch.autograd.gradcheck(
-        lambda x, *p: _PopulationMLP.apply(x, *p), (obs.requires_grad_(), *params)
-    )
-    # ... and against autograd through the plain layer-by-layer computation
-    weights = torch.randn(2, 5, 3, dtype=torch.float64)
-    (pop(obs.detach()) * weights).sum().backward()
-    x = obs.detach()
-    for layer, (w, b) in enumerate(zip(pop.weights, pop.biases, strict=True)):
-        x = torch.baddbmm(b, x, w.transpose(1, 2))
-        x = x.relu() if layer < len(hidden) else x
-    expected = torch.autograd.grad((x * weights).sum(), params)
-    for p, e in zip(params, expected, strict=True):
-        torch.testing.assert_close(p.grad, e)
-
-
-def test_population_network_frozen_layers_get_no_gradient():
-    pop = PopulationQNetwork(2, 4, 2, (8,))
-    pop.weights[0].requires_grad_(False)
-    pop.biases[0].requires_grad_(False)
-    pop(torch.randn(2, 3, 4)).sum().backward()
-    assert pop.weights[0].grad is None and pop.biases[0].grad is None
-    assert pop.weights[1].grad is not None and pop.biases[1].grad is not None
-    with torch.no_grad():
-        assert not pop(torch.randn(2, 3, 4)).requires_grad
+def test_qnetwork_from_a_generator_is_reproducible_and_matches_the_population():
+    first = QNetwork(4, 2, (8, 8), generator=torch.Generator().manual_seed(0))
+    again = QNetwork(4, 2, (8, 8), generator=torch.Generator().manual_seed(0))
+    pop = PopulationQNetwork(1, 4, 2, (8, 8), generators=[torch.Generator().manual_seed(0)])
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key])
+        assert torch.equal(value, pop.agent_state_dict(0)[key])
+    other = QNetwork(4, 2, (8, 8), generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(first.head.weight, other.head.weight)
 
 
 # --- trainer ---------------------------------------------------------------------------------
@@ -334,17 +294,28 @@ def test_regularizer_and_callback_are_used():
 def test_train_dqn_rejects_bad_arguments():
     with pytest.raises(ValueError, match="seed"):
         train_dqn(TINY, seeds=[])
+    with pytest.raises(ValueError, match="seed"):
+        train_dqn(TINY, seeds=[-1])
     with pytest.raises(ValueError, match="init_state"):
         train_dqn(TINY, seeds=[0, 1], init_state=[QNetwork(4, 2, (16, 16)).state_dict()])
     with pytest.raises(ValueError, match="no parameter"):
         train_dqn(TINY, seeds=[0], freeze=("trunk", "head"))
 
 
-def test_schedules_for_learning_rate_and_target_interval_are_applied():
+def test_config_rejects_bad_values_when_built():
+    with pytest.raises(ValueError, match="buffer"):
+        dataclasses.replace(TINY, num_envs=400)
+    with pytest.raises(ValueError, match="gamma"):
+        DQNConfig(gamma=1.5)
+    with pytest.raises(ValueError, match="total_steps"):
+        DQNConfig(total_steps=0)
+
+
+def test_learning_rate_schedule_is_applied():
     seen = []
-    cfg = dataclasses.replace(TINY, lr_decay_fraction=0.5, target_update_interval_end=80)
+    cfg = dataclasses.replace(TINY, lr_decay_fraction=0.5)
     result = train_dqn(cfg, seeds=[0], callback=lambda step, stats: seen.append(stats["lr"]))
-    assert seen[0] == TINY.lr and seen[1] == seen[2] == TINY.lr_end  # decayed by step 200
+    assert seen[0] == TINY.lr and seen[1] == seen[2] == TINY.lr * TINY.lr_end_fraction
     baseline = train_dqn(TINY, seeds=[0])
-    # a faster-decaying learning rate and rarer target updates change the trained weights
+    # a faster-decaying learning rate changes the trained weights
     assert not torch.equal(result.states[0]["head.weight"], baseline.states[0]["head.weight"])

@@ -13,10 +13,8 @@ from course.envs import CARTPOLE_TASKS, grid_tasks
 from course.multitask import (
     MultiHeadQNetwork,
     MultiTaskConfig,
-    PopulationMultiHeadNetwork,
     SupervisedConfig,
     _agent_penalty,
-    _derive_seed,
     gradient_conflict,
     mean_regularizer,
     multitask_loss,
@@ -29,6 +27,7 @@ from course.multitask import (
     train_multitask_dqn,
     train_supervised,
 )
+from course.population import PopulationQNetwork, Purpose, seeded_generators
 
 # --- MultiHeadQNetwork ------------------------------------------------------------------------
 
@@ -188,7 +187,7 @@ def test_pcgrad_order_comes_from_the_generator():
 
 def test_population_agent_matches_its_slice():
     gens = [torch.Generator().manual_seed(s) for s in range(3)]
-    pop = PopulationMultiHeadNetwork(3, 4, 2, 3, (8, 8), gens)
+    pop = PopulationQNetwork(3, 4, 2, (8, 8), n_heads=3, generators=gens)
     obs = torch.randn(3, 5, 4)
     tasks = torch.randint(0, 3, (3, 5))
     out = pop(obs, tasks)
@@ -226,7 +225,7 @@ def test_supervised_training_learns_and_is_deterministic():
 def test_mean_regularizer_with_huge_lam_makes_heads_equal():
     cfg = SupervisedConfig(steps=150)
     result = train_supervised(cfg, lams=(1e4,), seeds=(0,), regularizer="mean")
-    heads = [result.network.task_parameters(k) for k in range(cfg.n_tasks)]
+    heads = [result.network.head_parameters(k) for k in range(cfg.n_tasks)]
     spread = max(
         float((heads[k][0] - heads[0][0]).detach().abs().max()) for k in range(cfg.n_tasks)
     )
@@ -287,16 +286,19 @@ def test_per_task_learning_rate_of_zero_freezes_that_head():
     tasks = grid_tasks(start="uniform")[:2]
     cfg = dataclasses.replace(TINY, task_lrs=(1e-3, 0.0))
     result = train_multitask_dqn([tasks], [0], cfg)
-    fresh = PopulationMultiHeadNetwork(
-        1,
-        45,
-        4,
-        2,
-        cfg.hidden,
-        [torch.Generator().manual_seed(_derive_seed(0, 0))],
+    fresh = PopulationQNetwork(
+        1, 45, 4, cfg.hidden, n_heads=2, generators=seeded_generators([0], Purpose.INIT)
     )
-    torch.testing.assert_close(result.network.heads[1].weight, fresh.heads[1].weight)
-    assert not torch.equal(result.network.heads[0].weight, fresh.heads[0].weight)
+    trained = result.network
+    assert torch.equal(trained.head_parameters(1)[0], fresh.head_parameters(1)[0])
+    assert not torch.equal(trained.head_parameters(0)[0], fresh.head_parameters(0)[0])
+
+
+def test_a_typo_in_a_choice_fails_when_the_config_is_built():
+    with pytest.raises(ValueError, match="regularizer"):
+        dataclasses.replace(TINY, regularizer="mean_")
+    with pytest.raises(ValueError, match="architecture"):
+        dataclasses.replace(TINY, architecture="multihead")
 
 
 def test_steps_to_threshold():

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from course.dqn import DQNConfig, PopulationQNetwork, QNetwork, evaluate
+from course.dqn import DQNConfig, QNetwork, evaluate
 from course.envs import CARTPOLE_TASKS, make_cartpole_vec
 from course.multitask import MultiHeadQNetwork
+from course.population import PopulationQNetwork
 from course.transfer import (
     METRIC_NAMES,
     MULTITASK_SOURCE_CONFIG,
@@ -158,7 +159,7 @@ def test_penalty_only_covers_names_in_the_reference_and_leaves_it_alone():
 
 def test_population_regularizer_matches_the_penalty_per_agent():
     population = PopulationQNetwork(
-        3, 2, 2, (3,), [torch.Generator().manual_seed(i) for i in range(3)]
+        3, 2, 2, (3,), generators=[torch.Generator().manual_seed(i) for i in range(3)]
     )
     reference = _net(seed=7).state_dict()
     alpha = torch.tensor([0.5, 0.0, 2.0])
