@@ -1045,13 +1045,6 @@ def _update_batch(n: int, obs_dim: int, n_actions: int, seed: int, terminal_shar
     return Batch(obs, actions, rewards, next_obs, terminated, tasks)
 
 
-def _warm_up_optimizers() -> None:
-    p = torch.zeros(1, requires_grad=True)
-    for optimizer in (torch.optim.Adam([p]), torch.optim.SGD([p], lr=0.0)):
-        p.sum().backward()
-        optimizer.step()
-
-
 @register
 class DQNUpdate(_DQNExercise):
     """``dqn_update`` is judged by what it does to copies of the same networks and optimizer.
@@ -1065,18 +1058,13 @@ class DQNUpdate(_DQNExercise):
 
     id, name = "dqn.dqn_update", "dqn_update"
     mutates_args = True
+    uses_optimizer = True
     parts = {"update": 2, "Double DQN": 1, "clipping": 1}
     atol = 1e-5
     rtol = 1e-4
 
     def reference(self, *args: Any, **kwargs: Any) -> float:
         return ref.dqn_update(*args, **kwargs)
-
-    def collect(self, obj: Any, seed: int = 0, judge_as_you_go: bool = False) -> list:
-        # torch imports its compiler stack on the first optimizer step (seconds): do it before
-        # the clock of the first case starts, or a right answer would time out half-imported
-        _warm_up_optimizers()
-        return super().collect(obj, seed, judge_as_you_go)
 
     def probe(self, obj: Any, case: Case) -> Any:
         d = case.data
