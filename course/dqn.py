@@ -32,6 +32,7 @@ from course.population import (
     network_sizes,
     train_population,
 )
+from course.replay import Batch
 
 __all__ = [
     "DQNConfig",
@@ -44,6 +45,7 @@ __all__ = [
     "train_dqn_agents",
     "double_td_target",
     "dqn_loss",
+    "dqn_update",
     "epsilon_greedy",
     "linear_schedule",
     "real_transitions",
@@ -228,6 +230,57 @@ def real_transitions(prev_done: torch.Tensor) -> torch.Tensor:
         tensor([ True, False])
     """
     return ~prev_done
+
+
+def dqn_update(
+    q_net: nn.Module,
+    target_net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    gamma: float,
+    double: bool = False,
+    max_grad_norm: float | None = None,
+) -> float:
+    """One gradient step of DQN on a replay batch; returns the loss before the step.
+
+    Taught in Lesson 03, where the student writes it from the pieces above:
+
+    1. targets from ``target_net`` without gradient (:func:`td_target`; with ``double``,
+       :func:`double_td_target`: ``q_net`` picks the next action, ``target_net`` evaluates it),
+       with no bootstrap past ``terminated``;
+    2. the mean Huber loss on the taken actions (:func:`dqn_loss`);
+    3. gradients zeroed *before* ``backward`` (PyTorch adds new gradients to old ones), the
+       global gradient norm clipped to ``max_grad_norm`` between ``backward`` and ``step``
+       (clipping after the step would change nothing), then one ``optimizer.step()``.
+
+    Args:
+        q_net: Online network, ``[B, D] -> [B, A]``; updated in place by ``optimizer``.
+        target_net: Target network of the same shape; only read.
+        optimizer: Optimizer over ``q_net``'s parameters.
+        batch: Transitions sampled from the replay (:class:`course.replay.Batch`).
+        gamma: Discount factor.
+        double: Use the Double DQN target.
+        max_grad_norm: Clip the global gradient norm to this (None: no clipping).
+
+    Returns:
+        The loss of this batch before the step, as a Python float.
+    """
+    with torch.no_grad():
+        next_q_target = target_net(batch.next_obs)
+        if double:
+            next_q_online = q_net(batch.next_obs)
+            targets = double_td_target(
+                batch.rewards, next_q_online, next_q_target, batch.terminated, gamma
+            )
+        else:
+            targets = td_target(batch.rewards, next_q_target, batch.terminated, gamma)
+    loss = dqn_loss(q_net(batch.obs), batch.actions, targets)
+    optimizer.zero_grad()
+    loss.backward()
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(q_net.parameters(), max_grad_norm)
+    optimizer.step()
+    return float(loss.detach())
 
 
 class QNetwork(nn.Module):

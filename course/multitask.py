@@ -52,6 +52,7 @@ from course.population import (
     greedy_returns,
     train_population,
 )
+from course.replay import Batch
 
 __all__ = [
     "ARCHITECTURES",
@@ -79,6 +80,7 @@ __all__ = [
     "gradient_conflict",
     "mean_regularizer",
     "multitask_loss",
+    "multitask_update",
     "pcgrad",
     "per_task_mean",
     "sine_data",
@@ -297,6 +299,82 @@ def pcgrad(grads: Sequence[torch.Tensor], generator: torch.Generator | None = No
                 projected = projected - dot / (g_j @ g_j) * g_j
         total = total + projected
     return total
+
+
+def multitask_update(
+    q_net: MultiHeadQNetwork,
+    target_net: MultiHeadQNetwork,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    gamma: float,
+    lam: float = 0.0,
+    regularizer: str = "l2",
+    use_pcgrad: bool = False,
+    generator: torch.Generator | None = None,
+) -> float:
+    """One gradient step of multi-task DQN on a batch mixing the tasks; returns the task loss.
+
+    Taught in Lesson 04 (exercise ``multitask.multitask_update``), from the pieces above:
+
+    1. TD targets from ``target_net`` without gradient, each row through its own task's head,
+       no bootstrap past ``terminated``;
+    2. ``L_k`` = the mean Huber loss over the batch rows of task ``k``; the task loss is the sum
+       of ``L_k`` over the tasks present in the batch (a task with more rows does not weigh
+       more: one mean over all rows would let it);
+    3. the penalty ``lam * R`` on the task parameters (the heads) only: ``R`` is the squared
+       norm of the heads (``regularizer="l2"``, :func:`multitask_loss`) or
+       :func:`mean_regularizer` (``"mean"``);
+    4. gradients zeroed, then either one ``backward`` of ``task loss + penalty`` or, with
+       ``use_pcgrad``, each head's gradient from its own task's loss (plus the penalty) and the
+       trunk's gradient :func:`pcgrad` of the tasks' trunk gradients;
+    5. one ``optimizer.step()``.
+
+    Args:
+        q_net: Online multi-head network; updated in place by ``optimizer``.
+        target_net: Target network of the same shape; only read.
+        optimizer: Optimizer over ``q_net``'s parameters.
+        batch: Transitions with their task ids (:class:`course.replay.Batch`).
+        gamma: Discount factor.
+        lam: Penalty weight (>= 0).
+        regularizer: ``"l2"`` or ``"mean"``.
+        use_pcgrad: Combine the tasks' trunk gradients with PCGrad instead of summing them.
+        generator: Source of PCGrad's random projection orders.
+
+    Returns:
+        The task loss ``sum_k L_k`` before the step (without the penalty), as a Python float.
+    """
+    if regularizer not in ("l2", "mean"):
+        raise ValueError(f'regularizer is {regularizer!r}; use "l2" or "mean"')
+    with torch.no_grad():
+        next_q = target_net(batch.next_obs, batch.tasks)
+        targets = td_target(batch.rewards, next_q, batch.terminated, gamma)
+    taken = q_net(batch.obs, batch.tasks).gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
+    errors = F.smooth_l1_loss(taken, targets, reduction="none")
+    present = batch.tasks.unique().tolist()
+    task_losses = [errors[batch.tasks == k].mean() for k in present]
+    heads = [q_net.task_parameters(k) for k in range(q_net.n_tasks)]
+    if regularizer == "l2":
+        penalty = lam * sum(p.pow(2).sum() for params in heads for p in params)
+    else:
+        penalty = lam * mean_regularizer(heads)
+    total = torch.stack(task_losses).sum()
+    optimizer.zero_grad()
+    if use_pcgrad:
+        trunk = list(q_net.trunk.parameters())
+        per_task = [
+            torch.cat([g.flatten() for g in torch.autograd.grad(loss, trunk, retain_graph=True)])
+            for loss in task_losses
+        ]
+        (total + penalty).backward()  # the heads' gradients: each from its own task's rows
+        combined = pcgrad(per_task, generator)
+        offset = 0
+        for p in trunk:
+            p.grad = combined[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+    else:
+        (total + penalty).backward()
+    optimizer.step()
+    return float(total.detach())
 
 
 # ============================================================================================

@@ -30,6 +30,7 @@ IDS = [
     "dqn.dqn_loss",
     "dqn.soft_update",
     "dqn.real_transitions",
+    "dqn.dqn_update",
 ]
 
 
@@ -55,7 +56,7 @@ def assert_passes(exercise_id: str, fn: Callable[..., Any], seed: int = 0) -> No
 def assert_fails_with(exercise_id: str, fn: Callable[..., Any], hint: str | None) -> str:
     result = check(exercise_id, fn)
     assert result.status == "failed", str(result)
-    assert result.score == 0
+    assert result.score < result.max_score
     if hint is not None:
         assert f"hint: {hint}" in result.message, str(result)
     return result.message
@@ -564,3 +565,121 @@ def ex_rt_hint(words: str) -> str:
     hints = [h for h in get_exercise("dqn.real_transitions").mistakes() if words in h]
     assert len(hints) == 1
     return hints[0]
+
+
+# --- dqn_update -----------------------------------------------------------------------------
+
+
+def update_tutorial(q_net, target_net, optimizer, batch, gamma, double=False, max_grad_norm=None):
+    q = q_net(batch.obs).gather(1, batch.actions.unsqueeze(1)).squeeze(1)
+    with torch.no_grad():
+        if double:
+            best = q_net(batch.next_obs).argmax(1)
+            next_q = target_net(batch.next_obs).gather(1, best[:, None]).squeeze(1)
+        else:
+            next_q = target_net(batch.next_obs).max(1)[0]
+        y = batch.rewards + gamma * next_q * (1 - batch.terminated.float())
+    loss = F.smooth_l1_loss(q, y)
+    optimizer.zero_grad()
+    loss.backward()
+    if max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(q_net.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.item()
+
+
+def update_zero_after_step(
+    q_net, target_net, optimizer, batch, gamma, double=False, max_grad_norm=None
+):
+    obs, actions, rewards, next_obs, terminated, _tasks = batch
+    next_online = q_net(next_obs).detach()
+    next_target = target_net(next_obs).detach()
+    if double:
+        bootstrap = next_target[torch.arange(len(actions)), next_online.argmax(-1)]
+    else:
+        bootstrap = next_target.max(-1).values
+    targets = torch.where(terminated, rewards, rewards + gamma * bootstrap)
+    taken = q_net(obs)[torch.arange(len(actions)), actions]
+    loss = F.huber_loss(taken, targets, delta=1.0)
+    loss.backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(list(q_net.parameters()), max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad()  # zeroing after the step leaves the next backward a clean slate too
+    return float(loss)
+
+
+def update_loop_float64(
+    q_net, target_net, optimizer, batch, gamma, double=False, max_grad_norm=None
+):
+    with torch.no_grad():
+        nt, no = target_net(batch.next_obs).double(), q_net(batch.next_obs).double()
+        targets = []
+        for i in range(len(batch.rewards)):
+            a = int(no[i].argmax()) if double else int(nt[i].argmax())
+            boot = 0.0 if bool(batch.terminated[i]) else float(nt[i, a])
+            targets.append(float(batch.rewards[i]) + gamma * boot)
+    q = q_net(batch.obs)
+    taken = torch.stack([q[i, int(a)] for i, a in enumerate(batch.actions)])
+    loss = torch.nn.SmoothL1Loss()(taken, torch.tensor(targets, dtype=torch.float32))
+    q_net.zero_grad()
+    loss.backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(q_net.parameters(), max_norm=max_grad_norm)
+    optimizer.step()
+    return loss.item()
+
+
+@pytest.mark.parametrize("fn", [update_tutorial, update_zero_after_step, update_loop_float64])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_dqn_update_accepts_other_correct_answers(fn, seed):
+    assert_passes("dqn.dqn_update", fn, seed=seed)
+
+
+def test_dqn_update_student_mistakes():
+    def no_zero_grad(q_net, target_net, optimizer, batch, gamma, double=False, max_grad_norm=None):
+        with torch.no_grad():
+            y = dqn.td_target(batch.rewards, target_net(batch.next_obs), batch.terminated, gamma)
+        loss = dqn.dqn_loss(q_net(batch.obs), batch.actions, y)
+        loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(q_net.parameters(), max_grad_norm)
+        optimizer.step()
+        return loss.item()
+
+    def clip_after_step(
+        q_net, target_net, optimizer, batch, gamma, double=False, max_grad_norm=None
+    ):
+        with torch.no_grad():
+            next_q, done = target_net(batch.next_obs), batch.terminated
+            if double:
+                picks = q_net(batch.next_obs)
+                y = dqn.double_td_target(batch.rewards, picks, next_q, done, gamma)
+            else:
+                y = dqn.td_target(batch.rewards, next_q, done, gamma)
+        loss = dqn.dqn_loss(q_net(batch.obs), batch.actions, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(q_net.parameters(), max_grad_norm)
+        return loss.item()
+
+    def returns_tensor(
+        q_net, target_net, optimizer, batch, gamma, double=False, max_grad_norm=None
+    ):
+        update_tutorial(q_net, target_net, optimizer, batch, gamma, double, max_grad_norm)
+        return torch.tensor(0.5)
+
+    def online_targets(
+        q_net, target_net, optimizer, batch, gamma, double=False, max_grad_norm=None
+    ):
+        return update_tutorial(q_net, q_net, optimizer, batch, gamma, double, max_grad_norm)
+
+    assert_fails_with("dqn.dqn_update", no_zero_grad, ex.NO_ZERO_GRAD)
+    assert_fails_with("dqn.dqn_update", online_targets, ex.ONLINE_TARGETS)
+    message = assert_fails_with("dqn.dqn_update", returns_tensor, None)
+    assert "loss.item()" in message
+    result = check("dqn.dqn_update", clip_after_step)
+    assert result.status == "failed" and result.score == 3  # the other parts still pass
+    assert f"hint: {ex.NO_CLIP}" in result.message

@@ -27,6 +27,7 @@ FUNCTIONS = [
     "multitask.task_param_groups",
     "multitask.gradient_conflict",
     "multitask.pcgrad",
+    "multitask.multitask_update",
 ]
 IDS = ["multitask.MultiHeadQNetwork", *FUNCTIONS]
 
@@ -151,7 +152,99 @@ def pcgrad_one_shared_order(grads, generator=None):
     return total.numpy()
 
 
+def update_loop(
+    q_net,
+    target_net,
+    optimizer,
+    batch,
+    gamma,
+    lam=0.0,
+    regularizer="l2",
+    use_pcgrad=False,
+    generator=None,
+):
+    with torch.no_grad():
+        next_q = target_net(batch.next_obs, batch.tasks).max(1).values
+        y = batch.rewards + gamma * next_q * (~batch.terminated).float()
+    q = q_net(batch.obs, batch.tasks)
+    losses = []
+    for k in range(q_net.n_tasks):
+        rows = (batch.tasks == k).nonzero().flatten()
+        if len(rows) == 0:
+            continue
+        taken = q[rows, batch.actions[rows]]
+        losses.append(torch.nn.functional.huber_loss(taken, y[rows]))
+    heads = [q_net.task_parameters(k) for k in range(q_net.n_tasks)]
+    if regularizer == "mean":
+        penalty = ref.mean_regularizer(heads)
+    else:
+        penalty = sum((p**2).sum() for ps in heads for p in ps)
+    task_loss = sum(losses)
+    optimizer.zero_grad()
+    if not use_pcgrad:
+        (task_loss + lam * penalty).backward()
+    else:
+        trunk = list(q_net.trunk.parameters())
+        flat = []
+        for loss in losses:
+            grads = torch.autograd.grad(loss, trunk, retain_graph=True)
+            flat.append(torch.cat([g.reshape(-1) for g in grads]))
+        combined = ref.pcgrad(flat, generator)
+        (task_loss + lam * penalty).backward()
+        start = 0
+        for p in trunk:
+            p.grad.copy_(combined[start : start + p.numel()].reshape(p.shape))
+            start += p.numel()
+    optimizer.step()
+    return task_loss.item()
+
+
+def update_one_hot_mask(
+    q_net,
+    target_net,
+    optimizer,
+    batch,
+    gamma,
+    lam=0.0,
+    regularizer="l2",
+    use_pcgrad=False,
+    generator=None,
+):
+    with torch.no_grad():
+        y = ref.td_target(
+            batch.rewards, target_net(batch.next_obs, batch.tasks), batch.terminated, gamma
+        )
+    taken = q_net(batch.obs, batch.tasks).gather(1, batch.actions[:, None])[:, 0]
+    errors = torch.nn.functional.smooth_l1_loss(taken, y, reduction="none")
+    onehot = torch.nn.functional.one_hot(batch.tasks, q_net.n_tasks).float()  # [B, K]
+    counts = onehot.sum(0)
+    present = counts > 0
+    task_losses = (errors @ onehot)[present] / counts[present]
+    heads = [q_net.task_parameters(k) for k in range(q_net.n_tasks)]
+    reg = (
+        ref.mean_regularizer(heads)
+        if regularizer == "mean"
+        else ref.multitask_loss(torch.zeros(1), heads, 1.0)
+    )
+    optimizer.zero_grad()
+    if use_pcgrad:
+        trunk = list(q_net.trunk.parameters())
+        flat = [
+            torch.cat([g.flatten() for g in torch.autograd.grad(lk, trunk, retain_graph=True)])
+            for lk in task_losses
+        ]
+        combined = ref.pcgrad(flat, generator)
+    (task_losses.sum() + lam * reg).backward()
+    if use_pcgrad:
+        for p, g in zip(trunk, torch.split(combined, [p.numel() for p in trunk])):
+            p.grad = g.view_as(p)
+    optimizer.step()
+    return float(task_losses.sum())
+
+
 CORRECT = [
+    ("multitask.multitask_update", update_loop),
+    ("multitask.multitask_update", update_one_hot_mask),
     ("multitask.MultiHeadQNetwork", MultiHeadQNetwork),
     ("multitask.MultiHeadQNetwork", MultiHeadIndexed),
     ("multitask.multitask_loss", loss_loops),
@@ -272,7 +365,58 @@ def pcgrad_modifies_inputs(grads, generator=None):
     return sum(grads)
 
 
+def update_one_mean(
+    q_net,
+    target_net,
+    optimizer,
+    batch,
+    gamma,
+    lam=0.0,
+    regularizer="l2",
+    use_pcgrad=False,
+    generator=None,
+):
+    with torch.no_grad():
+        y = ref.td_target(
+            batch.rewards, target_net(batch.next_obs, batch.tasks), batch.terminated, gamma
+        )
+    taken = q_net(batch.obs, batch.tasks).gather(1, batch.actions[:, None])[:, 0]
+    loss = torch.nn.functional.smooth_l1_loss(taken, y)
+    penalty = sum((p**2).sum() for k in range(q_net.n_tasks) for p in q_net.task_parameters(k))
+    optimizer.zero_grad()
+    (loss + lam * penalty).backward()
+    optimizer.step()
+    return loss.item()
+
+
+def update_decay_everything(
+    q_net,
+    target_net,
+    optimizer,
+    batch,
+    gamma,
+    lam=0.0,
+    regularizer="l2",
+    use_pcgrad=False,
+    generator=None,
+):
+    # right task losses, but weight decay on every parameter of the network
+    with torch.no_grad():
+        y = ref.td_target(
+            batch.rewards, target_net(batch.next_obs, batch.tasks), batch.terminated, gamma
+        )
+    taken = q_net(batch.obs, batch.tasks).gather(1, batch.actions[:, None])[:, 0]
+    errors = torch.nn.functional.smooth_l1_loss(taken, y, reduction="none")
+    loss = sum(errors[batch.tasks == k].mean() for k in batch.tasks.unique())
+    optimizer.zero_grad()
+    (loss + lam * sum((p**2).sum() for p in q_net.parameters())).backward()
+    optimizer.step()
+    return float(loss)
+
+
 WRONG = [
+    ("multitask.multitask_update", update_one_mean, checks.ONE_MEAN),
+    ("multitask.multitask_update", update_decay_everything, checks.TRUNK_PENALTY),
     ("multitask.MultiHeadQNetwork", FirstTaskNet, checks.WRONG_ROW_TASK),
     ("multitask.MultiHeadQNetwork", RowIndexedNet, checks.HEAD_BY_ROW),
     ("multitask.MultiHeadQNetwork", TrunkInTaskParams, checks.TRUNK_IN_TASK_PARAMS),

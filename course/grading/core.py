@@ -109,6 +109,7 @@ class Exercise:
     parts: dict[str, int] = {"": 1}  # part name -> points
     time_limit: float = 5.0  # seconds per case before the check gives up on a case
     mutates_args: bool = False  # whether changing an argument in place is the point
+    uses_optimizer: bool = False  # whether the cases step a torch optimizer (see collect)
     atol: float = 1e-4
     rtol: float = 1e-4
 
@@ -143,6 +144,8 @@ class Exercise:
         one of its cases fails, so a wrong answer is reported at once instead of after every
         case has run (a wrong loop may be slow on the rest).
         """
+        if self.uses_optimizer:
+            warm_up_optimizers()
         outcomes: list[Outcome | None] = []
         failed_parts: set[str] = set()
         for case in self.build_cases(seed):
@@ -431,6 +434,19 @@ def compare_arrays(
 
 
 # --- running student code safely -------------------------------------------------------------
+
+
+def warm_up_optimizers() -> None:
+    """Take one step of Adam and of SGD, once per process.
+
+    torch imports its compiler stack on the first optimizer step (seconds, more on a busy
+    machine). Done inside a case's time limit, a right answer would time out, half-way through
+    an import that then stays broken for the rest of the process.
+    """
+    p = torch.zeros(1, requires_grad=True)
+    for optimizer in (torch.optim.Adam([p]), torch.optim.SGD([p], lr=0.0)):
+        p.sum().backward()
+        optimizer.step()
 
 
 def run_guarded(call: Callable[[], Any], time_limit: float) -> Outcome:

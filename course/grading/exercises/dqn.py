@@ -926,3 +926,302 @@ class RealTransitions(_DQNExercise):
             f"step: {ended or 'none'})"
         )
         return Case(label, (prev_done,), shown=shown)
+
+
+# --- dqn_update -----------------------------------------------------------------------------
+
+NO_ZERO_GRAD = (
+    "the first update is right but later ones drift: PyTorch ADDS each backward's gradients to "
+    "the old ones, so call `optimizer.zero_grad()` before `loss.backward()` in every update"
+)
+TARGET_GRAD = (
+    "gradient reached `target_net`: compute the targets under `torch.no_grad()` (or detach "
+    "them); the target network is a constant of the update"
+)
+ONLINE_TARGETS = (
+    "the targets come from `q_net`: evaluate the next states with `target_net`, the slowly "
+    "updated copy (Double DQN: `q_net` only PICKS the next action)"
+)
+SEMI_GRADIENT = (
+    "the gradient also flowed through the targets, computed with `q_net`: targets must come "
+    "from `target_net` without gradient (a TD update moves Q(s, a), not the target)"
+)
+NO_TERMINAL_MASK = (
+    "rows with `terminated` must not bootstrap: their target is the reward alone (use "
+    "`td_target`, or multiply the bootstrap term by `~terminated`)"
+)
+MSE_UPDATE = (
+    "the loss is the mean HUBER loss (`F.smooth_l1_loss`, delta 1), not the mean squared error: "
+    "large TD errors must not dominate the step"
+)
+SUM_UPDATE = "the loss is the MEAN over the batch, not the sum (the step size would scale with B)"
+NO_CLIP = (
+    "the step ignored `max_grad_norm`: clip with "
+    "`torch.nn.utils.clip_grad_norm_(q_net.parameters(), max_grad_norm)` after `backward()` and "
+    "BEFORE `optimizer.step()` (clipping after the step changes nothing)"
+)
+CLIP_VALUE = (
+    "clip the global gradient NORM (`clip_grad_norm_`), not each gradient entry "
+    "(`clip_grad_value_`): the direction of the step must not change"
+)
+LOSS_AFTER_STEP = (
+    "return the loss of the batch BEFORE the step (the one you called `backward` on), not a "
+    "loss recomputed after `optimizer.step()`"
+)
+DOUBLE_IGNORED = (
+    "with `double=True` the target is Double DQN's: `q_net` picks the next action "
+    "(argmax), `target_net` evaluates it (`double_td_target`)"
+)
+DOUBLE_SWAPPED = (
+    "Double DQN's roles are swapped: `q_net` (online) picks the next action, `target_net` "
+    "evaluates it"
+)
+
+
+def _update_variant(
+    q_net: nn.Module,
+    target_net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Any,
+    gamma: float,
+    double: bool = False,
+    max_grad_norm: float | None = None,
+    *,
+    mistake: str = "",
+) -> float:
+    """The reference update with one classic mistake switched on (for the hints)."""
+    evaluator = q_net if mistake in ("online_targets", "semi_gradient") else target_net
+    with torch.set_grad_enabled(mistake in ("target_grad", "semi_gradient")):
+        next_eval = evaluator(batch.next_obs)
+        terminated = (
+            torch.zeros_like(batch.terminated) if mistake == "no_mask" else batch.terminated
+        )
+        if double and mistake != "double_ignored":
+            picker, judge_net = (
+                (target_net, q_net) if mistake == "double_swapped" else (q_net, None)
+            )
+            next_pick = picker(batch.next_obs)
+            values = judge_net(batch.next_obs) if judge_net is not None else next_eval
+            best = next_pick.argmax(-1, keepdim=True)
+            bootstrap = values.gather(-1, best).squeeze(-1)
+        else:
+            bootstrap = next_eval.max(-1).values
+        targets = batch.rewards + gamma * torch.where(
+            terminated, torch.zeros_like(bootstrap), bootstrap
+        )
+    taken = q_net(batch.obs).gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
+    if mistake == "mse":
+        loss = F.mse_loss(taken, targets)
+    elif mistake == "sum":
+        loss = F.smooth_l1_loss(taken, targets, reduction="sum")
+    else:
+        loss = F.smooth_l1_loss(taken, targets)
+    if mistake != "no_zero_grad":
+        optimizer.zero_grad()
+    loss.backward()
+    if max_grad_norm is not None:
+        if mistake == "clip_value":
+            nn.utils.clip_grad_value_(q_net.parameters(), max_grad_norm)
+        elif mistake != "no_clip":
+            nn.utils.clip_grad_norm_(q_net.parameters(), max_grad_norm)
+    optimizer.step()
+    if mistake == "loss_after_step":
+        with torch.no_grad():
+            again = q_net(batch.obs).gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
+            return float(F.smooth_l1_loss(again, targets))
+    return float(loss.detach())
+
+
+def _update_batch(n: int, obs_dim: int, n_actions: int, seed: int, terminal_share: float) -> Any:
+    from course.replay import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(n, obs_dim, generator=g)
+    next_obs = torch.randn(n, obs_dim, generator=g)
+    actions = torch.randint(0, n_actions, (n,), generator=g)
+    rewards = torch.randn(n, generator=g) * 2.0  # TD errors on both sides of Huber's delta 1
+    terminated = torch.rand(n, generator=g) < terminal_share
+    tasks = torch.zeros(n, dtype=torch.int64)
+    return Batch(obs, actions, rewards, next_obs, terminated, tasks)
+
+
+@register
+class DQNUpdate(_DQNExercise):
+    """``dqn_update`` is judged by what it does to copies of the same networks and optimizer.
+
+    The probe builds the online and target networks, the optimizer and the batches from the
+    case, calls the answer ``calls`` times in a row (a new batch each call) and records the
+    losses it returned, the online parameters after the last call, whether the target network
+    changed and whether any gradient reached it. Adam for most cases; plain SGD where the
+    clipping is tested (Adam is nearly blind to a uniform rescaling of the gradient).
+    """
+
+    id, name = "dqn.dqn_update", "dqn_update"
+    mutates_args = True
+    uses_optimizer = True
+    parts = {"update": 2, "Double DQN": 1, "clipping": 1}
+    atol = 1e-5
+    rtol = 1e-4
+
+    def reference(self, *args: Any, **kwargs: Any) -> float:
+        return ref.dqn_update(*args, **kwargs)
+
+    def probe(self, obj: Any, case: Case) -> Any:
+        d = case.data
+        sizes = (d["obs_dim"], *d["hidden"], d["n_actions"])
+        q_net = _network(sizes, d["q_seed"], True)
+        with torch.no_grad():
+            for p in q_net.parameters():
+                p.mul_(0.5)
+        target_net = _network(sizes, d["target_seed"], True)
+        with torch.no_grad():
+            for p in target_net.parameters():
+                p.mul_(0.5)
+        target_before = [p.detach().clone() for p in target_net.parameters()]
+        if d["optimizer"] == "sgd":
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(q_net.parameters(), lr=d["lr"])
+        else:
+            optimizer = torch.optim.Adam(q_net.parameters(), lr=d["lr"])
+        losses = []
+        for call in range(d["calls"]):
+            batch = _update_batch(
+                d["batch_size"], d["obs_dim"], d["n_actions"], d["batch_seed"] + call, d["terminal"]
+            )
+            losses.append(
+                plain.encode(
+                    obj(q_net, target_net, optimizer, batch, d["gamma"], d["double"], d["clip"])
+                )
+            )
+        return {
+            "type": "dqn_update",
+            "losses": losses,
+            "q_net": [plain.encode(p.detach()) for p in q_net.parameters()],
+            "target_unchanged": all(
+                torch.equal(p.detach(), b) for p, b in zip(target_net.parameters(), target_before)
+            ),
+            "target_grad": any(
+                p.grad is not None and bool(p.grad.abs().sum() > 0) for p in target_net.parameters()
+            ),
+        }
+
+    def judge(self, case: Case, got: Any, want: Any) -> str | None:
+        if not (isinstance(got, dict) and got.get("type") == "dqn_update"):
+            return f"could not inspect the update ({plain.describe(got)})"
+        if got["target_grad"] != want["target_grad"]:
+            return "a gradient reached `target_net`; the targets must carry no gradient"
+        if got["target_unchanged"] != want["target_unchanged"]:
+            return "`target_net` changed: dqn_update only reads it (the target is synced elsewhere)"
+        for i, (g, w) in enumerate(zip(got["losses"], want["losses"])):
+            if not plain.is_number(g):
+                return (
+                    f"call {i + 1} returned {plain.describe(g)}; return the loss as a Python "
+                    "float (`loss.item()`)"
+                )
+            reason = compare(g, w, self.atol, self.rtol)
+            if reason is not None:
+                return f"the loss returned by call {i + 1} of {len(want['losses'])}: {reason}"
+        names = [
+            f"{i // 2 * 2}.{'weight' if i % 2 == 0 else 'bias'}" for i in range(len(want["q_net"]))
+        ]
+        for name, g, w in zip(names, got["q_net"], want["q_net"]):
+            reason = compare(g, w, self.atol, self.rtol)
+            if reason is not None:
+                calls = case.data["calls"]
+                after = "one call" if calls == 1 else f"{calls} calls in a row"
+                return f"q_net parameter `{name}` after {after}: {reason}"
+        return None
+
+    def mistakes(self) -> dict[str, Callable[..., Any]]:
+        def variant(mistake: str) -> Callable[..., float]:
+            def update(*args: Any, **kwargs: Any) -> float:
+                return _update_variant(*args, **kwargs, mistake=mistake)
+
+            return update
+
+        return {
+            hint: variant(mistake)
+            for hint, mistake in [
+                (TARGET_GRAD, "target_grad"),
+                (SEMI_GRADIENT, "semi_gradient"),
+                (ONLINE_TARGETS, "online_targets"),
+                (NO_TERMINAL_MASK, "no_mask"),
+                (MSE_UPDATE, "mse"),
+                (SUM_UPDATE, "sum"),
+                (LOSS_AFTER_STEP, "loss_after_step"),
+                (NO_ZERO_GRAD, "no_zero_grad"),
+                (DOUBLE_IGNORED, "double_ignored"),
+                (DOUBLE_SWAPPED, "double_swapped"),
+                (NO_CLIP, "no_clip"),
+                (CLIP_VALUE, "clip_value"),
+            ]
+        }
+
+    def cases(self, generator: torch.Generator) -> list[Case]:
+        # (label, part, calls, double, clip, optimizer, terminal share)
+        fixed = [
+            ("one update", "update", 1, False, None, "adam", 0.25),
+            ("one update, no terminal rows", "update", 1, False, None, "adam", 0.0),
+            ("one update, half the rows terminal", "update", 1, False, None, "sgd", 0.5),
+            ("three updates in a row", "update", 3, False, None, "adam", 0.25),
+            ("three updates in a row (SGD)", "update", 3, False, None, "sgd", 0.25),
+            ("Double DQN, one update", "Double DQN", 1, True, None, "adam", 0.25),
+            ("Double DQN, three updates", "Double DQN", 3, True, None, "adam", 0.25),
+            ("clipped to norm 0.05 (SGD)", "clipping", 1, False, 0.05, "sgd", 0.25),
+            ("clipped, two updates (SGD)", "clipping", 2, False, 0.05, "sgd", 0.25),
+            ("a clip too loose to act", "clipping", 2, False, 1e6, "sgd", 0.25),
+        ]
+        out = [self._case(generator, *row) for row in fixed]
+        for k in range(6):
+            part = ("update", "Double DQN", "clipping")[k % 3]
+            double, clip = part == "Double DQN", (0.1 if part == "clipping" else None)
+            optimizer = "sgd" if clip else "adam"
+            label = f"random update #{k}"
+            out.append(
+                self._case(generator, label, part, 1 + k % 2 * 2, double, clip, optimizer, 0.3)
+            )
+        return out
+
+    def _case(
+        self,
+        generator: torch.Generator,
+        label: str,
+        part: str,
+        calls: int,
+        double: bool,
+        clip: float | None,
+        optimizer: str,
+        terminal: float,
+    ) -> Case:
+        seeds = torch.randint(0, 2**31 - 1, (3,), generator=generator).tolist()
+        obs_dim = int(torch.randint(2, 6, (1,), generator=generator))
+        n_actions = int(torch.randint(2, 5, (1,), generator=generator))
+        hidden = (int(torch.randint(3, 9, (1,), generator=generator)),)
+        batch_size = int(torch.randint(8, 33, (1,), generator=generator))
+        gamma = round(0.5 + 0.49 * float(torch.rand(1, generator=generator)), 3)
+        lr = 0.05 if optimizer == "sgd" else 0.01
+        opt = "torch.optim.SGD(lr=0.05)" if optimizer == "sgd" else "torch.optim.Adam(lr=0.01)"
+        shown = (
+            f"MLPs {[obs_dim, *hidden, n_actions]}, {opt}, batch of {batch_size}, gamma={gamma}, "
+            f"double={double}, max_grad_norm={clip}, {calls} call(s)"
+        )
+        return Case(
+            label,
+            shown=shown,
+            part=part,
+            data={
+                "obs_dim": obs_dim,
+                "n_actions": n_actions,
+                "hidden": hidden,
+                "batch_size": batch_size,
+                "gamma": gamma,
+                "lr": lr,
+                "optimizer": optimizer,
+                "calls": calls,
+                "double": double,
+                "clip": clip,
+                "terminal": terminal,
+                "q_seed": seeds[0],
+                "target_seed": seeds[1],
+                "batch_seed": seeds[2],
+            },
+        )

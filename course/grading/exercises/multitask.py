@@ -1077,3 +1077,287 @@ class PCGrad(_MultitaskExercise):
                 )
             )
         return out
+
+
+# --- multitask_update -----------------------------------------------------------------------
+
+ONE_MEAN = (
+    "the task loss is a SUM of per-task means (`L_k` = mean over the rows of task k): one mean "
+    "over all rows lets the task with more rows in the batch weigh more"
+)
+DROPPED_TASK = (
+    "only one task's loss reached the step: add up `L_k` over every task present in the batch "
+    "(a loop that reassigns `loss = ...` keeps only the last one)"
+)
+ROW_SUM = "`L_k` is the MEAN Huber loss over the rows of task k, not their sum"
+ABSENT_TASK = (
+    "a task with no rows in the batch has no loss (the mean of nothing is NaN): sum `L_k` over "
+    "the tasks PRESENT in the batch (`batch.tasks.unique()`)"
+)
+TRUNK_PENALTY = (
+    "the penalty is on the task parameters only (`q_net.task_parameters(k)` for every k): the "
+    "shared trunk is not regularised"
+)
+REGULARIZER_IGNORED = (
+    'with `regularizer="mean"` the penalty is `lam * mean_regularizer(heads)`, not the squared '
+    "norm of the heads"
+)
+PCGRAD_ON_HEADS = (
+    "PCGrad combines the tasks' gradients of the SHARED parameters (the trunk) only; each head "
+    "keeps its own task's gradient, unprojected"
+)
+PCGRAD_IGNORED = (
+    "with `use_pcgrad=True` the trunk's gradient is `pcgrad` of the per-task trunk gradients "
+    "(`torch.autograd.grad(L_k, trunk_params, retain_graph=True)` for each k), not their sum"
+)
+MT_NO_ZERO_GRAD = (
+    "the first step is right but later ones drift: zero the gradients (`optimizer.zero_grad()`) "
+    "before every backward pass"
+)
+
+
+def _mt_variant(
+    q_net: Any,
+    target_net: Any,
+    optimizer: torch.optim.Optimizer,
+    batch: Any,
+    gamma: float,
+    lam: float = 0.0,
+    regularizer: str = "l2",
+    use_pcgrad: bool = False,
+    generator: torch.Generator | None = None,
+    *,
+    mistake: str = "",
+) -> float:
+    """The reference step with one classic mistake switched on (for the hints)."""
+    with torch.no_grad():
+        next_q = target_net(batch.next_obs, batch.tasks)
+        targets = ref.td_target(batch.rewards, next_q, batch.terminated, gamma)
+    taken = q_net(batch.obs, batch.tasks).gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
+    errors = torch.nn.functional.smooth_l1_loss(taken, targets, reduction="none")
+    tasks = range(q_net.n_tasks) if mistake == "absent" else batch.tasks.unique().tolist()
+    reduce = (lambda e: e.sum()) if mistake == "row_sum" else (lambda e: e.mean())
+    task_losses = [reduce(errors[batch.tasks == k]) for k in tasks]
+    if mistake == "one_mean":
+        task_losses = [errors.mean()]
+    if mistake == "dropped":
+        task_losses = task_losses[-1:]
+    heads = [q_net.task_parameters(k) for k in range(q_net.n_tasks)]
+    if mistake == "trunk_penalty":
+        heads = heads + [list(q_net.trunk.parameters())]
+    if regularizer == "mean" and mistake != "regularizer_ignored":
+        penalty = lam * ref.mean_regularizer(heads)
+    else:
+        penalty = lam * sum(p.pow(2).sum() for params in heads for p in params)
+    total = torch.stack(task_losses).sum()
+    if mistake != "no_zero_grad":
+        optimizer.zero_grad()
+    if use_pcgrad and mistake != "pcgrad_ignored":
+        on_heads = mistake == "pcgrad_heads"
+        shared = list(q_net.parameters() if on_heads else q_net.trunk.parameters())
+        per_task = [_flat_grad(loss, shared) for loss in task_losses]
+        combined = ref.pcgrad(per_task, generator)
+        if on_heads:
+            combined = combined + _flat_grad(penalty, shared)
+        else:
+            (total + penalty).backward()  # the heads' own gradients
+        offset = 0
+        for p in shared:
+            p.grad = combined[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+    else:
+        (total + penalty).backward()
+    optimizer.step()
+    return float(total.detach())
+
+
+def _flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    return torch.cat(
+        [(torch.zeros_like(p) if g is None else g).flatten() for g, p in zip(grads, params)]
+    )
+
+
+def _mt_batch(d: dict, seed: int) -> Any:
+    from course.replay import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    counts = d["counts"]  # rows per task (0: the task is absent)
+    tasks = torch.cat([torch.full((c,), k, dtype=torch.int64) for k, c in enumerate(counts)])
+    n = len(tasks)
+    tasks = tasks[torch.randperm(n, generator=g)]
+    return Batch(
+        obs=torch.randn(n, d["obs_dim"], generator=g),
+        actions=torch.randint(0, d["n_actions"], (n,), generator=g),
+        rewards=torch.randn(n, generator=g) * 2.0,
+        next_obs=torch.randn(n, d["obs_dim"], generator=g),
+        terminated=torch.rand(n, generator=g) < 0.25,
+        tasks=tasks,
+    )
+
+
+def _mt_network(d: dict, seed: int) -> Any:
+    net = ref.MultiHeadQNetwork(d["obs_dim"], d["n_actions"], len(d["counts"]), d["hidden"])
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return net
+
+
+@register
+class MultitaskUpdate(_MultitaskExercise):
+    """``multitask_update`` is judged by what it does to copies of the same networks.
+
+    The probe builds the online and target multi-head networks, plain SGD (so that every
+    change in a gradient shows in the step) and batches whose tasks have unequal numbers of
+    rows (some tasks absent), calls the answer ``calls`` times in a row and records the returned
+    task losses and every parameter of ``q_net`` afterwards. PCGrad cases have two tasks in the
+    batch, where the order of the projections cannot matter.
+    """
+
+    id, name = "multitask.multitask_update", "multitask_update"
+    mutates_args = True
+    uses_optimizer = True
+    parts = {"task losses": 2, "penalty": 1, "PCGrad": 1}
+
+    def reference(self, *args: Any, **kwargs: Any) -> float:
+        return ref.multitask_update(*args, **kwargs)
+
+    def probe(self, obj: Any, case: Case) -> Any:
+        d = case.data
+        q_net, target_net = _mt_network(d, d["q_seed"]), _mt_network(d, d["target_seed"])
+        optimizer = torch.optim.SGD(q_net.parameters(), lr=d["lr"])
+        losses = []
+        for call in range(d["calls"]):
+            batch = _mt_batch(d, d["batch_seed"] + call)
+            generator = torch.Generator().manual_seed(d["batch_seed"])
+            value = obj(
+                q_net,
+                target_net,
+                optimizer,
+                batch,
+                d["gamma"],
+                d["lam"],
+                d["regularizer"],
+                d["pcgrad"],
+                generator,
+            )
+            losses.append(plain.encode(value))
+        return {
+            "type": "multitask_update",
+            "losses": losses,
+            "params": {n: plain.encode(p.detach()) for n, p in q_net.named_parameters()},
+        }
+
+    def judge(self, case: Case, got: Any, want: Any) -> str | None:
+        if not (isinstance(got, dict) and got.get("type") == "multitask_update"):
+            return f"could not inspect the update ({plain.describe(got)})"
+        for i, (g, w) in enumerate(zip(got["losses"], want["losses"])):
+            if not plain.is_number(g):
+                return (
+                    f"call {i + 1} returned {plain.describe(g)}; return the task loss as a "
+                    "Python float (`loss.item()`)"
+                )
+            reason = compare(g, w, self.atol, self.rtol)
+            if reason is not None:
+                return f"the task loss returned by call {i + 1}: {reason}"
+        for name, w in want["params"].items():
+            g = got["params"].get(name) if isinstance(got.get("params"), dict) else None
+            reason = compare(g, w, self.atol, self.rtol)
+            if reason is not None:
+                return f"q_net parameter `{name}` after the step(s): {reason}"
+        return None
+
+    def mistakes(self) -> dict[str, Callable[..., Any]]:
+        def variant(mistake: str) -> Callable[..., float]:
+            def update(*args: Any, **kwargs: Any) -> float:
+                return _mt_variant(*args, **kwargs, mistake=mistake)
+
+            return update
+
+        pairs = [
+            (ONE_MEAN, "one_mean"),
+            (DROPPED_TASK, "dropped"),
+            (ROW_SUM, "row_sum"),
+            (ABSENT_TASK, "absent"),
+            (MT_NO_ZERO_GRAD, "no_zero_grad"),
+            (TRUNK_PENALTY, "trunk_penalty"),
+            (REGULARIZER_IGNORED, "regularizer_ignored"),
+            (PCGRAD_ON_HEADS, "pcgrad_heads"),
+            (PCGRAD_IGNORED, "pcgrad_ignored"),
+        ]
+        return {hint: variant(mistake) for hint, mistake in pairs}
+
+    def cases(self, generator: torch.Generator) -> list[Case]:
+        # (label, part, row counts per task, calls, lam, regularizer, pcgrad)
+        fixed = [
+            ("two tasks, unequal rows", "task losses", (12, 4), 1, 0.0, "l2", False),
+            ("three tasks, one absent", "task losses", (10, 0, 3), 1, 0.0, "l2", False),
+            ("three steps in a row", "task losses", (6, 9, 5), 3, 0.0, "l2", False),
+            ("weight decay on the heads", "penalty", (8, 5), 1, 0.1, "l2", False),
+            ("the mean regulariser", "penalty", (7, 7, 4), 1, 0.2, "mean", False),
+            ("the mean regulariser, two steps", "penalty", (5, 9), 2, 0.5, "mean", False),
+            ("PCGrad, two tasks", "PCGrad", (10, 6), 1, 0.0, "l2", True),
+            ("PCGrad, a task absent, with decay", "PCGrad", (0, 8, 8), 2, 0.05, "l2", True),
+        ]
+        out = [self._case(generator, *row) for row in fixed]
+        for k in range(4):
+            part = ("task losses", "penalty", "PCGrad", "task losses")[k]
+            counts = tuple(
+                int(c)
+                for c in torch.randint(1, 12, (2 if part == "PCGrad" else 3,), generator=generator)
+            )
+            lam = 0.1 if part != "task losses" else 0.0
+            reg = "mean" if k == 1 else "l2"
+            out.append(
+                self._case(
+                    generator,
+                    f"random step #{k}",
+                    part,
+                    counts,
+                    1 + k % 2,
+                    lam,
+                    reg,
+                    part == "PCGrad",
+                )
+            )
+        return out
+
+    def _case(
+        self,
+        generator: torch.Generator,
+        label: str,
+        part: str,
+        counts: tuple[int, ...],
+        calls: int,
+        lam: float,
+        regularizer: str,
+        use_pcgrad: bool,
+    ) -> Case:
+        seeds = torch.randint(0, 2**31 - 1, (3,), generator=generator).tolist()
+        obs_dim = int(torch.randint(2, 5, (1,), generator=generator))
+        n_actions = int(torch.randint(2, 4, (1,), generator=generator))
+        hidden = (int(torch.randint(3, 7, (1,), generator=generator)),)
+        gamma = round(0.5 + 0.49 * float(torch.rand(1, generator=generator)), 3)
+        shown = (
+            f"{len(counts)} heads, rows per task {list(counts)}, obs_dim={obs_dim}, "
+            f"n_actions={n_actions}, hidden={hidden}, torch.optim.SGD(lr=0.1), gamma={gamma}, "
+            f"lam={lam}, regularizer={regularizer!r}, use_pcgrad={use_pcgrad}, {calls} call(s)"
+        )
+        data = {
+            "counts": counts,
+            "calls": calls,
+            "lam": lam,
+            "regularizer": regularizer,
+            "pcgrad": use_pcgrad,
+            "obs_dim": obs_dim,
+            "n_actions": n_actions,
+            "hidden": hidden,
+            "gamma": gamma,
+            "lr": 0.1,
+            "q_seed": seeds[0],
+            "target_seed": seeds[1],
+            "batch_seed": seeds[2],
+        }
+        return Case(label, shown=shown, part=part, data=data)
