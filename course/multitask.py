@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course.dqn import td_target
 from course.envs import (
     CartPoleTask,
     GridTask,
