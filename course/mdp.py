@@ -23,7 +23,8 @@ else (lists, integers) becomes float64. The solvers ``policy_evaluation`` and
 The module reads top to bottom like the lesson: the ``TabularMDP`` container, two ways to
 build one (``gridworld`` and ``from_gymnasium``), the five graded exercises
 (``bellman_backup``, ``policy_evaluation``, ``q_from_v``, ``greedy_policy``,
-``value_iteration``), and random MDPs and policies for testing.
+``value_iteration``), where a policy's episodes end (``absorption_probabilities``,
+``outcome_probabilities``), and random MDPs and policies for testing.
 """
 
 from __future__ import annotations

@@ -491,6 +491,11 @@ def test_runs_on_cuda():
     assert torch.allclose(V.cpu(), V_cpu)
     pi = greedy_policy(Q)
     assert torch.allclose(policy_evaluation(mdp, pi).cpu(), V_cpu, atol=1e-7)
+    B = absorption_probabilities(mdp, pi)
+    assert B.device.type == "cuda"
+    torch.testing.assert_close(B.cpu(), absorption_probabilities(mdp.to("cpu"), pi.cpu()))
+    cpu_outcomes = outcome_probabilities(mdp.to("cpu"), pi.cpu())
+    assert outcome_probabilities(mdp, pi) == pytest.approx(cpu_outcomes, abs=1e-12)
     assert (
         random_mdp(5, 2, 0.9, torch.Generator().manual_seed(0), device="cuda").device.type == "cuda"
     )
