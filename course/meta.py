@@ -509,7 +509,7 @@ GENERALISATION_CONFIG = DQNConfig(
     num_envs=8,
     hidden=(64, 64),
     lr=1e-3,
-    lr_end=0.0,
+    lr_end_fraction=0.0,
     lr_decay_fraction=1.0,
     buffer_size=8_000,
     batch_size=64,
@@ -858,7 +858,7 @@ REPTILE_INNER_CONFIG = dataclasses.replace(
     learning_starts=250,
     eps_start=0.3,
     exploration_fraction=0.5,
-    lr_end=GENERALISATION_CONFIG.lr,  # a constant rate within an inner loop
+    lr_end_fraction=1.0,  # a constant rate within an inner loop
     eval_every=1_000,
 )
 """One inner loop of RL Reptile: 1,000 steps of DQN on one task from the current
