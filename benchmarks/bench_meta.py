@@ -17,7 +17,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_meta.py                      # both parts, long budgets
     .venv/bin/python benchmarks/bench_meta.py --part sine --outer-steps 1000 --sine-seeds 20
-    .venv/bin/python benchmarks/bench_meta.py --part cartpole --seeds 10 --steps 30000
+    .venv/bin/python benchmarks/bench_meta.py --part cartpole --seeds 10 --steps 30000  # longer
     .venv/bin/python benchmarks/bench_meta.py --lesson             # the lesson's own budgets
 
 Timings depend on the machine and on what else runs on it; each part prints its wall time.
@@ -139,8 +139,8 @@ def main() -> None:
     parser.add_argument("--outer-steps", type=int, default=1000, help="Reptile steps (sine)")
     parser.add_argument("--sine-seeds", type=int, default=20)
     parser.add_argument("--seeds", type=int, default=10, help="CartPole seeds per arm")
-    parser.add_argument("--steps", type=int, default=30_000, help="CartPole steps per agent")
-    parser.add_argument("--iterations", type=int, default=10, help="Reptile iterations (RL)")
+    parser.add_argument("--steps", type=int, default=16_000, help="CartPole steps per agent")
+    parser.add_argument("--iterations", type=int, default=6, help="Reptile iterations (RL)")
     parser.add_argument("--tasks", type=int, default=4, help="tasks per Reptile iteration (RL)")
     parser.add_argument("--finetune-steps", type=int, default=2_000)
     parser.add_argument("--device", default="cpu", help="torch device (cpu: reproducible)")
