@@ -317,3 +317,63 @@ def run_replay_demo(
         q_star=q_star.numpy(),
         seeds=seeds,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# How often each transition is used, and how far an error curve climbs back (Lesson 02)
+# ---------------------------------------------------------------------------------------------
+
+
+def expected_uses(n_updates: int, batch_size: int) -> dict[str, np.ndarray]:
+    """How many minibatches each transition of the walk lands in, per learner, on average.
+
+    Taught in Lesson 02. Update ``k`` uses transitions ``k .. k + batch_size - 1`` (online), or
+    draws ``batch_size`` of the ``k + batch_size`` stored ones uniformly (replay, with a buffer
+    that never overwrites). Both learners use ``n_updates * batch_size`` transitions in total,
+    but not the same ones equally often: online uses each transition while it is recent,
+    replay keeps drawing the early ones.
+
+    Args:
+        n_updates: Number of updates ``K``.
+        batch_size: Transitions per update ``B``.
+
+    Returns:
+        ``{"online": [T], "replay": [T]}`` with ``T = K + B - 1``: the number of minibatches
+        transition ``i`` is in (online), and its expected number of draws (replay).
+
+    Example:
+        >>> uses = expected_uses(3, 2)
+        >>> uses["online"].tolist(), [round(x, 3) for x in uses["replay"].tolist()]
+        ([1.0, 2.0, 2.0, 1.0], [2.167, 2.167, 1.167, 0.5])
+    """
+    T = n_updates + batch_size - 1
+    i = np.arange(T)
+    first_update = np.maximum(0, i - batch_size + 1)  # the update at which i is stored
+    online = (np.minimum(i, n_updates - 1) - first_update + 1).astype(np.float64)
+    per_update = batch_size / (np.arange(n_updates) + batch_size)  # draws of each stored one
+    remaining = np.concatenate([np.cumsum(per_update[::-1])[::-1], [0.0]])
+    return {"online": online, "replay": remaining[first_update]}
+
+
+def largest_rise(curves: np.ndarray) -> np.ndarray:
+    """How far each error curve climbs back above the best it had reached: forgetting.
+
+    Taught in Lesson 02. ``max_t (curve[t] - min_{t' <= t} curve[t'])`` per run: 0 for a curve
+    that never rises, the height of the worst relapse otherwise. Averaging curves over seeds
+    hides relapses that happen at different times in different runs; this measures them run by
+    run.
+
+    Args:
+        curves: ``[runs, E]`` errors (lower is better) at successive measurements.
+
+    Returns:
+        ``[runs]``.
+
+    Example:
+        >>> largest_rise(np.array([[3.0, 1.0, 2.5, 0.5], [3.0, 2.0, 1.0, 1.0]])).tolist()
+        [1.5, 0.0]
+    """
+    curves = np.asarray(curves, dtype=np.float64)
+    if curves.ndim != 2:
+        raise ValueError(f"curves has shape {curves.shape}; expected [runs, E]")
+    return (curves - np.minimum.accumulate(curves, axis=1)).max(1)

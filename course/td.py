@@ -38,8 +38,11 @@ __all__ = [
     "TabularRun",
     "cliff_map",
     "epsilon_greedy_policy",
+    "epsilon_soft_optimum",
     "expected_return",
     "greedy_path",
+    "greedy_return",
+    "moving_average",
     "q_learning_update",
     "sarsa_update",
     "step_size",
@@ -443,6 +446,49 @@ def expected_return(mdp: TabularMDP, pi: torch.Tensor) -> float:
     return float((mdp.initial.double() * V).sum())
 
 
+def epsilon_soft_optimum(
+    mdp: TabularMDP, epsilon: float, tol: float = 1e-9, max_iterations: int = 100_000
+) -> torch.Tensor:
+    """The action values of the best policy among those that explore with rate ``epsilon``.
+
+    Taught in Lesson 02: what SARSA with a fixed ``epsilon`` is after. Value iteration (Lesson
+    01) with the max replaced by the value of acting epsilon-greedily on ``Q``::
+
+        Q[s, a] = R[s, a] + gamma * sum_t P[s, a, t] * ((1 - epsilon) * max_a' Q[t, a']
+                                                        + epsilon * mean_a' Q[t, a'])
+
+    (0 at terminal ``t``). Its epsilon-greedy policy is the best epsilon-greedy policy; with
+    ``epsilon = 0`` it is ``Q*``.
+
+    Args:
+        mdp: The MDP.
+        epsilon: Exploration rate, in ``[0, 1]``.
+        tol: Stop when no value changes by more than this in a sweep.
+        max_iterations: Safety limit on the number of sweeps.
+
+    Returns:
+        ``Q`` of shape ``[S, A]``, float64.
+
+    Raises:
+        RuntimeError: If the sweeps do not settle within ``max_iterations``.
+    """
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon is {epsilon}; it must be a probability in [0, 1]")
+    P, R = mdp.P.double(), mdp.R.double()
+    Q = torch.zeros(mdp.n_states, mdp.n_actions, dtype=torch.float64)
+    for _ in range(max_iterations):
+        V = (1.0 - epsilon) * Q.max(-1).values + epsilon * Q.mean(-1)
+        V = torch.where(mdp.terminal, torch.zeros_like(V), V)
+        new = R + mdp.gamma * torch.einsum("sat,t->sa", P, V)
+        if (new - Q).abs().max() <= tol:
+            return new
+        Q = new
+    raise RuntimeError(
+        f"the sweeps did not settle in {max_iterations} iterations; with gamma = 1 some "
+        "policy may never end the episode: use gamma < 1 or epsilon > 0"
+    )
+
+
 def greedy_path(mdp: TabularMDP, Q: torch.Tensor, max_steps: int = 1000) -> list[int]:
     """The states a deterministic MDP visits under the greedy policy of ``Q``, from the start.
 
@@ -468,6 +514,37 @@ def greedy_path(mdp: TabularMDP, Q: torch.Tensor, max_steps: int = 1000) -> list
     return path
 
 
+def greedy_return(mdp: TabularMDP, Q: torch.Tensor, max_steps: int = 100) -> float:
+    """The return of one greedy episode in a deterministic MDP, cut after ``max_steps`` moves.
+
+    Taught in Lesson 02. Where the greedy policy reaches a terminal state this is its exact
+    value (undiscounted: CliffWalking's convention); where it walks in circles, the cut plays
+    the part of gymnasium's time limit and the return counts ``max_steps`` moves.
+
+    Args:
+        mdp: A deterministic MDP with a single start state.
+        Q: Action values, ``[S, A]``; ties go to the lowest action index.
+        max_steps: Time limit of the episode.
+
+    Returns:
+        The sum of the rewards along the path.
+
+    Raises:
+        ValueError: If a move on the path has more than one possible outcome.
+    """
+    path = greedy_path(mdp, Q, max_steps)
+    total = 0.0
+    for s, s_next in zip(path[:-1], path[1:]):
+        a = int(torch.as_tensor(Q)[s].argmax())
+        if float(mdp.P[s, a, s_next]) < 1.0:
+            raise ValueError(
+                f"the move from state {s} by action {a} is random; greedy_return needs a "
+                "deterministic MDP (use expected_return otherwise)"
+            )
+        total += float(mdp.R[s, a])
+    return total
+
+
 def cliff_map(path: Sequence[int], shape: tuple[int, int] = (4, 12)) -> str:
     """A path drawn on CliffWalking's grid, as text.
 
@@ -490,3 +567,26 @@ def cliff_map(path: Sequence[int], shape: tuple[int, int] = (4, 12)) -> str:
         grid[r][c] = "o"
     grid[rows - 1][0], grid[rows - 1][cols - 1] = "S", "G"
     return "\n".join(" ".join(row) for row in grid)
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Means over a sliding window along the last axis, to read noisy per-episode returns.
+
+    Taught in Lesson 02.
+
+    Args:
+        values: ``[..., K]``.
+        window: Width of the window, ``1 <= window <= K``.
+
+    Returns:
+        ``[..., K - window + 1]``: entry ``j`` is the mean of ``values[..., j : j + window]``.
+
+    Example:
+        >>> moving_average(np.array([1.0, 2.0, 3.0, 6.0]), 2).tolist()
+        [1.5, 2.5, 4.5]
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if not 1 <= window <= values.shape[-1]:
+        raise ValueError(f"window is {window}; use 1 to {values.shape[-1]} (the length)")
+    total = np.cumsum(np.concatenate([np.zeros((*values.shape[:-1], 1)), values], -1), -1)
+    return (total[..., window:] - total[..., :-window]) / window

@@ -299,3 +299,72 @@ def test_sarsa_takes_the_safe_path_and_q_learning_the_edge():
 def test_doctests():
     result = doctest.testmod(td, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 4 and result.failed == 0
+
+
+def test_epsilon_soft_optimum_is_the_best_exploring_policy():
+    cliff = cliff_walking()
+    q_star = value_iteration(cliff)[1]
+    torch.testing.assert_close(td.epsilon_soft_optimum(cliff, 0.0), q_star, atol=1e-6, rtol=0)
+    safe = td.epsilon_soft_optimum(cliff, 0.1)
+    explore = {
+        name: td.epsilon_greedy_policy(Q, 0.1) for name, Q in (("safe", safe), ("edge", q_star))
+    }
+    values = {name: td.expected_return(cliff, pi) for name, pi in explore.items()}
+    # its value is its own fixed point, and it beats exploring along the edge
+    start = int(cliff.initial.argmax())
+    assert values["safe"] == pytest.approx(float((explore["safe"][start] * safe[start]).sum()))
+    assert values["safe"] > values["edge"] + 20
+    assert td.greedy_return(cliff, safe) == -15.0  # one row above the edge
+    assert td.greedy_return(cliff, q_star) == -13.0
+
+
+def test_greedy_return_cuts_walks_that_never_end():
+    cliff = cliff_walking()
+    assert td.greedy_return(cliff, torch.zeros(48, 4), max_steps=100) == -100.0
+    slippery = gridworld(list(LESSON_01_LAYOUT), slip=0.1)
+    with pytest.raises(ValueError, match="deterministic"):
+        td.greedy_return(slippery, value_iteration(slippery)[1])
+
+
+def test_moving_average():
+    values = np.array([[1.0, 2.0, 3.0, 6.0], [0.0, 0.0, 4.0, 4.0]])
+    assert td.moving_average(values, 2).tolist() == [[1.5, 2.5, 4.5], [0.0, 2.0, 4.0]]
+    assert td.moving_average(values, 4).tolist() == [[3.0], [2.0]]
+    with pytest.raises(ValueError, match="window"):
+        td.moving_average(values, 5)
+
+
+# --- Lesson 02's replay measurements (course/replay_demo.py) -----------------------------------
+
+
+def test_expected_uses_total_the_same_but_weigh_transitions_differently():
+    from course.replay_demo import expected_uses
+
+    uses = expected_uses(1500, 32)
+    assert uses["online"].shape == uses["replay"].shape == (1531,)
+    assert uses["online"].sum() == pytest.approx(48_000)
+    assert uses["replay"].sum() == pytest.approx(48_000)
+    assert uses["online"].max() == 32 and uses["online"][0] == uses["online"][-1] == 1
+    assert uses["replay"][0] > 100 > 1 > uses["replay"][-1]
+    assert (np.diff(uses["replay"]) <= 1e-12).all()  # older transitions are drawn more
+
+
+def test_expected_uses_matches_a_count_of_the_replay_draws():
+    from course.replay_demo import expected_uses
+
+    K, B = 40, 4
+    rng = np.random.default_rng(0)
+    counts = np.zeros(K + B - 1)
+    for _ in range(400):
+        for k in range(K):
+            np.add.at(counts, rng.integers(0, k + B, size=B), 1)
+    np.testing.assert_allclose(counts / 400, expected_uses(K, B)["replay"], atol=0.25)
+
+
+def test_largest_rise():
+    from course.replay_demo import largest_rise
+
+    curves = np.array([[3.0, 1.0, 2.5, 0.5, 0.9], [3.0, 2.0, 1.0, 1.0, 0.5]])
+    assert largest_rise(curves).tolist() == [1.5, 0.0]
+    with pytest.raises(ValueError, match="runs, E"):
+        largest_rise(np.zeros(3))
