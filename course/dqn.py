@@ -2,9 +2,12 @@
 
 Taught in Lesson 03. The pure functions (``linear_schedule``, ``epsilon_greedy``, ``td_target``,
 ``double_td_target``, ``dqn_loss``, ``soft_update``, ``real_transitions``) are what the student
-writes; the course's one trainer, :func:`course.population.train_population`, is built from
-them, and :func:`train_dqn` is its single-task entry point: a *population* of independent
-agents (several seeds trained together, one process, batched tensors).
+writes. The course's one trainer, :func:`course.population.train_population`, calls
+``linear_schedule``, ``td_target``, ``double_td_target``, ``soft_update`` and
+``real_transitions``; it applies ``epsilon_greedy``'s rule to random numbers drawn in blocks and
+``dqn_loss``'s Huber loss per agent and task. :func:`train_dqn` is its single-task entry point:
+a *population* of independent agents (several seeds trained together, one process, batched
+tensors).
 """
 
 from __future__ import annotations

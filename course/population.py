@@ -42,6 +42,7 @@ __all__ = [
     "AgentEnvs",
     "Agents",
     "FamilyEnvs",
+    "FusedAdam",
     "NetworkSizes",
     "PopulationEnv",
     "PopulationQNetwork",
@@ -734,6 +735,70 @@ class _RandomBlocks:
         return row
 
 
+class FusedAdam:
+    """Adam with PyTorch's fused kernel: the arithmetic of ``torch.optim.Adam(fused=True)``.
+
+    The same kernel (``torch._fused_adam_``) on the same state, so the same numbers (a test
+    checks it against ``torch.optim.Adam``), without ``torch.optim.Optimizer``: its first use
+    in a process imports ``torch._dynamo`` (about 3 s of CPU, once per lesson), and its ``step``
+    spends more time in Python than in the kernel on the course's small networks.
+
+    Args:
+        groups: Parameter groups, dicts with ``params`` and ``lr`` (other keys are kept).
+        betas: Adam's ``(beta1, beta2)``.
+        eps: Adam's epsilon.
+
+    Attributes:
+        param_groups: The groups; set ``group["lr"]`` to change a learning rate.
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[dict[str, Any]],
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        self.param_groups = [dict(g, params=list(g["params"])) for g in groups]
+        self.betas, self.eps = betas, eps
+        self.state = [
+            {
+                "exp_avg": [torch.zeros_like(p) for p in ps],
+                "exp_avg_sq": [torch.zeros_like(p) for p in ps],
+                "step": [torch.zeros((), dtype=torch.float32, device=p.device) for p in ps],
+            }
+            for ps in (g["params"] for g in self.param_groups)
+        ]
+
+    def zero_grad(self) -> None:
+        """Drop every gradient (``set_to_none``)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One Adam step of every parameter (all must have a gradient)."""
+        for group, state in zip(self.param_groups, self.state, strict=True):
+            torch._foreach_add_(state["step"], 1)
+            torch._fused_adam_(
+                group["params"],
+                [p.grad for p in group["params"]],
+                state["exp_avg"],
+                state["exp_avg_sq"],
+                [],
+                state["step"],
+                amsgrad=False,
+                lr=float(group["lr"]),
+                beta1=self.betas[0],
+                beta2=self.betas[1],
+                weight_decay=0.0,
+                eps=self.eps,
+                maximize=False,
+                grad_scale=None,
+                found_inf=None,
+            )
+
+
 _STATS = ("loss", "q_mean", "penalty")  # the statistics of every update
 
 
@@ -790,8 +855,10 @@ class _Trainer:
             for params, lr in groups
             if (kept := [p for p in params if p.requires_grad])
         ]
-        fused = device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.Adam(groups, lr=config.lr, fused=fused)
+        if device.type in ("cpu", "cuda"):
+            self.optimizer: Any = FusedAdam(groups)
+        else:  # no fused kernel elsewhere
+            self.optimizer = torch.optim.Adam(groups, lr=config.lr)
         self.replay = PopulationReplay(self.n_agents, config.buffer_size, (envs.obs_dim,), device)
         self.sample_u = _RandomBlocks(
             lambda g: (torch.rand(_BLOCK, config.batch_size, generator=g),),
@@ -853,7 +920,7 @@ class _Trainer:
         if self.agents.penalty is not None:
             penalty = self.agents.penalty(self.q_net)
             total = total + penalty.sum()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         pcgrad_now = self.agents.pcgrad and self.n_tasks > 1
         trunk_grads = self.trunk_task_grads(losses) if pcgrad_now else []
         total.backward()

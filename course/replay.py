@@ -11,9 +11,9 @@ Taught in Lesson 02. The vocabulary is torchrl's:
 - the **sampler** draws slots uniformly with replacement among the stored transitions.
 
 :class:`ReplayBuffer` is the single-agent buffer the lesson builds. :class:`PopulationReplay`
-is the same ring, with one leading *agent* dimension, used by the batched DQN trainer
-(:func:`course.dqn.train_dqn`) to keep one independent buffer per agent in a single set of
-tensors.
+is the same ring, with one leading *agent* dimension, used by the course's trainer
+(:func:`course.population.train_population`) to keep one independent buffer per agent in a
+single set of tensors.
 """
 
 from __future__ import annotations
@@ -252,8 +252,8 @@ class PopulationReplay:
 
     Agent ``a``'s transitions follow the same slot order as :class:`ReplayBuffer` (its ``i``-th
     transition goes to slot ``i % capacity``), and what one agent adds or samples never depends
-    on the other agents. Used by :func:`course.dqn.train_dqn` to step many agents with a few
-    tensor operations.
+    on the other agents. Used by :func:`course.population.train_population` to step many
+    agents with a few tensor operations.
 
     Unlike :class:`ReplayBuffer`, a transition is stored as one float32 *row* (observation, next
     observation, action, reward, terminated, task): sampling is then a single gather of whole

@@ -13,8 +13,9 @@ Taught in Lesson 05. The pieces, in the order the lesson meets them:
   (:func:`transfer_metrics_ci`);
 - :func:`compare_strategies`: the whole experiment of the lesson (and of
   ``benchmarks/bench_transfer.py``): every strategy on every target task, several seeds, built on
-  :func:`course.dqn.train_dqn`, with a scratch arm that uses the fine-tuned arms' exploration
-  schedule so that exploration is not mistaken for transfer;
+  :func:`course.dqn.train_dqn_agents` (each agent on its own target), with a scratch arm that
+  uses the fine-tuned arms' exploration schedule so that exploration is not mistaken for
+  transfer;
 - :func:`pretrain_multitask_source` / :func:`multitask_source_state`: Lesson 04's multi-task
   agent as another starting point (its shared trunk and one task's head), on the same
   source-step budget as the single-task source.
@@ -320,7 +321,7 @@ def l2sp_regularizer(
         exclude: Name prefixes to skip.
 
     Returns:
-        A function of :meth:`course.dqn.PopulationQNetwork.named_agent_parameters` (values
+        A function of :meth:`course.population.PopulationQNetwork.named_agent_parameters` (values
         ``[N, ...]``) returning one penalty per agent ``[N]``.
     """
     skip = tuple(exclude)
@@ -395,8 +396,8 @@ def prepare_finetune(
 
     Taught in Lesson 05. The caller then builds the optimizer from the parameters that still
     require gradients, ``[p for p in model.parameters() if p.requires_grad]`` (as
-    :func:`course.dqn.train_dqn` does): a frozen parameter must neither receive gradients nor
-    sit in the optimizer (weight decay or momentum would still move it).
+    :func:`course.population.train_population` does): a frozen parameter must neither receive
+    gradients nor sit in the optimizer (weight decay or momentum would still move it).
 
     Strategies:
 
@@ -849,8 +850,8 @@ def compare_strategies(
 
     Seed ``s`` gives the same fresh weights (scratch arms) and the same fresh head to every
     target, and the same environment and exploration random streams to every arm (common random
-    numbers make the arms' differences less noisy). Arms that share a config are trained in one
-    :func:`course.dqn.train_dqn` call.
+    numbers make the arms' differences less noisy). Arms that share a config and frozen parts are
+    trained in one :func:`course.dqn.train_dqn_agents` call, each agent on its own target.
 
     Args:
         source_state: The pretrained :class:`course.dqn.QNetwork` state dict.

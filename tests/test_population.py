@@ -14,6 +14,7 @@ from course.envs import CARTPOLE_TASKS, grid_tasks, make_cartpole_vec
 from course.multitask import MultiHeadQNetwork, MultiTaskConfig, train_multitask_dqn
 from course.population import (
     AgentEnvs,
+    FusedAdam,
     PopulationQNetwork,
     Purpose,
     _StackedMLP,
@@ -202,3 +203,26 @@ def test_one_task_multitask_agent_runs_with_no_conflict():
     result = train_multitask_dqn([[task]], [0], mt)
     assert result.scores.shape == (1, 3, 1) and torch.isnan(result.conflict).all()
     assert result.history[-1]["step"] == 400.0
+
+
+def test_fused_adam_gives_torch_adams_numbers():
+    gen = torch.Generator().manual_seed(0)
+    ours = [torch.randn(3, 4, generator=gen).requires_grad_() for _ in range(2)]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    groups = [{"params": ours[:1], "lr": 1e-2}, {"params": ours[1:], "lr": 3e-3}]
+    mine = FusedAdam(groups)
+    torch_adam = torch.optim.Adam(
+        [{"params": theirs[:1], "lr": 1e-2}, {"params": theirs[1:], "lr": 3e-3}], fused=True
+    )
+    for step in range(5):
+        grads = [torch.randn(3, 4, generator=gen) for _ in ours]
+        for p, q, g in zip(ours, theirs, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        if step == 3:  # a learning-rate change between steps
+            mine.param_groups[0]["lr"] = torch_adam.param_groups[0]["lr"] = 5e-4
+        mine.step()
+        torch_adam.step()
+        for p, q in zip(ours, theirs, strict=True):
+            assert torch.equal(p, q)
+    mine.zero_grad()
+    assert all(p.grad is None for p in ours)
