@@ -215,3 +215,12 @@ def test_a_changed_cache_entry_is_regraded(tmp_path: Path, monkeypatch: pytest.M
     again = g.grade_class([subs], out=out, feedback=None, progress=False)
     assert again.reused == 1  # the changed entry was not trusted
     assert [r.to_json() for r in again.submissions] == [r.to_json() for r in first.submissions]
+
+
+def test_outputs_where_submissions_may_read_are_refused(tmp_path: Path) -> None:
+    import course
+
+    inside = Path(course.__file__).parent / "grades" / "grades.csv"
+    with pytest.raises(g.GradeError, match="which submissions may read"):
+        g.grade_class([empty_class(tmp_path)], out=inside, feedback=None, progress=False)
+    assert not inside.parent.exists()

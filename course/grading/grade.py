@@ -43,7 +43,7 @@ from course.grading.gradebook import (
     write_gradebook,
 )
 from course.grading.isolation import environment as _environment
-from course.grading.isolation import free_uids, probe_sandbox
+from course.grading.isolation import free_uids, probe_sandbox, readable_by_submissions
 from course.grading.judge import judge
 from course.grading.notebooks import (
     MAX_NOTEBOOK_BYTES,
@@ -255,6 +255,13 @@ def grade_class(
             f"{'; '.join(weak)}): grade inside a container or VM, or pass "
             "--allow-weak-isolation to grade anyway"
         )
+    for name, where in (("--out", out), ("--feedback", feedback)):
+        readable = where is not None and readable_by_submissions(Path(where))
+        if readable:
+            raise GradeError(
+                f"{name} {where} lies inside {readable}, which submissions may read: "
+                "choose a folder outside it"
+            )
     cache = ResultCache(Path(out).with_suffix(".cache.jsonl")) if out is not None else None
     if seed is None:
         seed = cache.seed if cache is not None and cache.seed is not None else None

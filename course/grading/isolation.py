@@ -31,8 +31,8 @@ from course.grading.records import Limits, SandboxInfo
 SANDBOX = Path(sandbox.__file__).resolve()
 FIRST_UID = 60500  # dedicated users for submissions, when the grader runs as root
 CANARY = "canary.txt"
-# Read-only for submissions, besides Python and the course. /etc is mostly left out: as user id
-# 0 a submission could otherwise read root's files there (/etc/shadow).
+# Read-only for submissions, besides Python and the course. Only named files of /etc and /dev:
+# as user id 0 a submission could otherwise read root's files (/etc/shadow) or a raw disk.
 SYSTEM_READ = (
     "/usr",
     "/lib",
@@ -42,7 +42,10 @@ SYSTEM_READ = (
     "/sbin",
     "/proc",
     "/sys",
-    "/dev",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
     "/etc/ld.so.cache",
     "/etc/ld.so.conf",
     "/etc/ld.so.conf.d",
@@ -303,6 +306,16 @@ def read_paths() -> tuple[str, ...]:
                         roots.add(str(Path(site_dir, line).resolve()))
     roots |= set(SYSTEM_READ)
     return tuple(sorted(str(Path(r).resolve()) for r in roots if Path(r).exists()))
+
+
+def readable_by_submissions(path: Path) -> str | None:
+    """The folder of ``read_paths`` that holds ``path``, if any (its contents would be open to
+    every submission)."""
+    resolved = path.resolve()
+    for root in read_paths():
+        if resolved.is_relative_to(root):
+            return root
+    return None
 
 
 def sandbox_config(

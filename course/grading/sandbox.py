@@ -3,9 +3,13 @@
 The grader starts this file as a script, by path (``python -I .../sandbox.py CONFIG``), so that
 nothing but the standard library is imported before the confinement is in place:
 
-1. ``confine``: a new network namespace where the OS allows it, resource limits (address space,
-   CPU time, file size, process count) and, when the grader runs as root, a dedicated unprivileged
-   user id.
+1. ``confine``: resource limits (address space, CPU time, file size, process count), a
+   dedicated unprivileged user id when the grader runs as root, new user, PID and network
+   namespaces (the notebook runs as process 1 of its PID namespace: it can signal nothing
+   outside, and whatever it starts dies with it), no capabilities, and Landlock: it reads only
+   what the grader lists (Python, its packages, the course, system libraries) and writes only
+   its scratch folder; signals, abstract sockets and TCP are scoped to the sandbox where the
+   kernel's Landlock ABI allows. If the grader requires more than it got, it runs nothing.
 2. Build every exercise's cases from the grader's seed, then make the graded lesson's reference
    implementations unusable (``poison_references``) and silence the notebook's check cells.
 3. Execute the notebook's code cells in order in a fresh namespace, each under a time limit; a
