@@ -62,6 +62,14 @@ def _loopback_up() -> None:
         fcntl.ioctl(s, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
 
 
+def _agent_ports(first: int) -> list[str]:
+    # Fixed ports (free: the namespace is new) spare the raylet from waiting for its agents to
+    # report the ports they picked, a wait that times out on a busy machine.
+    names = ["dashboard-agent-grpc-port", "dashboard-agent-listen-port", "runtime-env-agent-port",
+             "metrics-export-port"]  # fmt: skip
+    return [f"--{name}={first + i}" for i, name in enumerate(names)]
+
+
 def _ray(*args: str, log: Path) -> None:
     ray = Path(sys.executable).with_name("ray")
     with log.open("a") as out:
@@ -78,9 +86,8 @@ def main(temp: str) -> None:
     try:
         started = time.monotonic()
         _ray("start", "--head", "--port=6399", "--include-dashboard=false", "--no-monitor",
-             f"--temp-dir={temp}",
-             *common, log=log)  # fmt: skip
-        _ray("start", f"--address={HEAD}", *common, log=log)
+             f"--temp-dir={temp}", *common, *_agent_ports(52360), log=log)  # fmt: skip
+        _ray("start", f"--address={HEAD}", *common, *_agent_ports(52370), log=log)
         import ray
 
         ray.init(address=HEAD, logging_level="warning")
