@@ -70,10 +70,19 @@ def _agent_ports(first: int) -> list[str]:
     return [f"--{name}={first + i}" for i, name in enumerate(names)]
 
 
-def _ray(*args: str, log: Path) -> None:
+def _ray(*args: str, log: Path, attempts: int = 1) -> None:
     ray = Path(sys.executable).with_name("ray")
-    with log.open("a") as out:
-        subprocess.run([str(ray), *args], check=True, stdout=out, stderr=out, timeout=300)
+    for attempt in range(1, attempts + 1):
+        with log.open("a") as out:
+            done = subprocess.run([str(ray), *args], stdout=out, stderr=out, timeout=300)
+        if done.returncode == 0:
+            return
+        if attempt == attempts:
+            raise RuntimeError(f"`ray {' '.join(args)}` failed {attempts} times; see {log}")
+        # A raylet gives its agents 15 s to report their ports, which a busy machine can miss.
+        # `ray stop` is safe here: in this PID namespace it sees only the processes started here.
+        with log.open("a") as out:
+            subprocess.run([str(ray), "stop", "--force"], stdout=out, stderr=out, timeout=120)
 
 
 def main(temp: str) -> None:
@@ -86,8 +95,8 @@ def main(temp: str) -> None:
     try:
         started = time.monotonic()
         _ray("start", "--head", "--port=6399", "--include-dashboard=false", "--no-monitor",
-             f"--temp-dir={temp}", *common, *_agent_ports(52360), log=log)  # fmt: skip
-        _ray("start", f"--address={HEAD}", *common, *_agent_ports(52370), log=log)
+             f"--temp-dir={temp}", *common, *_agent_ports(52360), log=log, attempts=3)  # fmt: skip
+        _ray("start", f"--address={HEAD}", *common, *_agent_ports(52370), log=log, attempts=3)
         import ray
 
         ray.init(address=HEAD, logging_level="warning")
