@@ -1,7 +1,8 @@
 """``course doctor``: what a student needs to know when something is off.
 
 Checks the Python, the torch build and device, the libraries the lessons use, whether ipywidgets
-will render in JupyterLab, and whether the lesson notebooks match the installed library and the
+will render in JupyterLab, whether Ray (optional, for sweeps on a cluster) is installed and its
+cluster reachable, and whether the lesson notebooks match the installed library and the
 solutions they are generated from. Each problem comes with a one-sentence fix; the exit status is
 0 when nothing needs fixing and 1 otherwise.
 """
@@ -342,6 +343,9 @@ def diagnose(root: Path | str = ".") -> list[Finding]:
     for name in ("gymnasium", "numpy", "matplotlib"):
         findings.append(check_library(name))
     findings.append(check_widgets())
+    from course.sweep import describe_ray  # Ray itself is not imported
+
+    findings.append(Finding("ray", *describe_ray()))
     try:
         findings += check_lessons(root)
     except Exception as exc:  # the report must still come out when the library is broken
