@@ -46,7 +46,9 @@ __all__ = [
     "arm_config",
     "compare_arms",
     "compare_scaling",
+    "compare_to_end",
     "format_scaling",
+    "scaled_config",
     "scaling_bands",
     "score_bands",
     "train_arms",
@@ -538,6 +540,7 @@ def joint_actions(index: torch.Tensor, n_agents: int, n_actions: int) -> torch.T
     return index.long().unsqueeze(-1) // powers % n_actions
 
 
+@functools.lru_cache(maxsize=64)  # scoring runs every few steps of training; never mutated
 def _policy_tables(task: LandmarkTask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``next_state[N, S, A]``, ``reward[N, S, A]`` and ``initial[N, S]`` of every agent's MDP."""
     mdps = [agent_mdp(task, i) for i in range(task.n_agents)]
@@ -1010,4 +1013,36 @@ def compare_scaling(
         results[large][arm].final,
         names=(f"{arm}, {small} agents", f"{arm}, {large} agents"),
         paired=False,
+    )
+
+
+def scaled_config(multiple: int) -> dict[str, int]:
+    """`LESSON_CONFIG` with ``multiple`` times the steps, and the exploration decay and replay
+    scaled alike (the evaluations stay as frequent, so the lesson's budget is one of them)."""
+    if int(multiple) < 1:
+        raise ValueError(f"multiple is {multiple}; use a whole number of lesson budgets, >= 1")
+    config = dict(LESSON_CONFIG)
+    for key in ("steps", "eps_steps", "buffer_size"):
+        config[key] = config[key] * int(multiple)
+    return config
+
+
+def compare_to_end(result: MARLResult, name: str, step: int) -> Comparison:
+    """A result's scores at an earlier evaluation against its final scores, seed by seed.
+
+    Taught in Lesson 07: whether the runs kept what they had learned by ``step``.
+
+    Args:
+        result: The runs.
+        name: What to call them in the verdict.
+        step: One of ``result.steps``.
+    """
+    steps = result.steps.tolist()
+    if step not in steps:
+        raise ValueError(f"no evaluation at step {step}; the evaluations are at {steps}")
+    return compare(
+        result.scores[:, steps.index(step)],
+        result.final,
+        names=(f"{name} at {step}", f"{name} at {steps[-1]}"),
+        paired=True,
     )

@@ -333,6 +333,13 @@ def test_summaries_pair_seeds_and_print_verdicts():
     scaling = {2: results, 4: {"VDN": bad, "shared": good}}
     estimate, low, high = marl.scaling_bands(scaling)["VDN"]
     assert estimate == pytest.approx([0.95, 0.25]) and (low < estimate).all()
+    kept = marl.compare_to_end(good, "VDN", 10)
+    assert kept.paired and kept.verdict == "VDN at 20 better"
+    with pytest.raises(ValueError, match="no evaluation at step 15"):
+        marl.compare_to_end(good, "VDN", 15)
+    longer = marl.scaled_config(3)
+    assert longer["steps"] == 3 * marl.LESSON_CONFIG["steps"]
+    assert longer["batch_size"] == marl.LESSON_CONFIG["batch_size"]
     verdict = marl.compare_scaling(scaling, "VDN", 2, 4)
     assert not verdict.paired and verdict.verdict == "VDN, 2 agents better"
     table = marl.format_scaling(scaling)
