@@ -213,7 +213,10 @@ def colab_install_cell(version: str | None = None) -> nbformat.NotebookNode:
 
 
 def make_lesson(solution: nbformat.NotebookNode, name: str = "notebook") -> nbformat.NotebookNode:
-    """The student version of a solution notebook (a new object; the input is not changed)."""
+    """The student version of a solution notebook (a new object; the input is not changed).
+
+    Its first cell is :func:`colab_install_cell`; the solution's cells follow, transformed.
+    """
     nb = copy.deepcopy(solution)
     install = colab_install_cell()
     if (nb.nbformat, nb.nbformat_minor) < (4, 5):

@@ -78,6 +78,7 @@ def _ray(*args: str, log: Path, attempts: int = 1) -> None:
         if done.returncode == 0:
             return
         if attempt == attempts:
+            sys.stderr.write(log.read_text()[-4000:])
             raise RuntimeError(f"`ray {' '.join(args)}` failed {attempts} times; see {log}")
         # A raylet gives its agents 15 s to report their ports, which a busy machine can miss.
         # `ray stop` is safe here: in this PID namespace it sees only the processes started here.
@@ -116,7 +117,7 @@ def main(temp: str) -> None:
         }
         ray.shutdown()
     except Exception:
-        sys.stderr.write(log.read_text() if log.exists() else "")
+        sys.stderr.write(log.read_text()[-4000:] if log.exists() else "")
         raise
     print(json.dumps(report))
     sys.stdout.flush()
