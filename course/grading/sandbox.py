@@ -58,7 +58,9 @@ class ReferenceNotAvailable(RuntimeError):
 
 
 def confine(config: dict) -> dict:
-    """Confine this process as ``config`` says; return what holds (see ``held`` below).
+    """Confine this process as ``config`` says; return what holds: ``network`` ("isolated" or
+    "shared"), ``pid_namespace``, ``files`` (Landlock, checked on a canary file), ``scoped``
+    (signals and abstract sockets) and ``landlock`` (the ABI version, 0 without).
 
     In order: join the run's pids cgroup (grader as root), set the resource limits, become the
     dedicated user (grader as root), enter new user, PID and network namespaces (the process
@@ -119,8 +121,8 @@ def _enter_namespaces(libc: ctypes.CDLL, config: dict) -> dict:
     else:
         return {}
     if flags & CLONE_NEWUSER:  # keep our own ids inside (unmapped, they would read 65534)
-        for name, text in (("uid_map", f"{uid} {uid} 1"), ("setgroups", "deny")):
-            _write_proc(name, text)
+        _write_proc("uid_map", f"{uid} {uid} 1")
+        _write_proc("setgroups", "deny")  # the kernel wants this before an unprivileged gid_map
         _write_proc("gid_map", f"{gid} {gid} 1")
     held = {"network": "isolated" if flags & CLONE_NEWNET else "shared"}
     if flags & CLONE_NEWPID:
