@@ -423,8 +423,9 @@ class PopulationEnv(Protocol):
     tasks: torch.Tensor
     """``[N, B]`` int64: the task (index into the agent's tasks) of every sub-env"""
 
-    def reset(self, seeds: Sequence[int]) -> np.ndarray:
-        """Observations ``[N, B, D]``; agent ``a``'s sub-envs seeded from ``seeds[a]``."""
+    def reset(self, seeds: Sequence[int], purpose: Purpose = Purpose.ENV, *keys: int) -> np.ndarray:
+        """Observations ``[N, B, D]``; agent ``a``'s sub-envs seeded with
+        ``derive_seed(seeds[a], purpose, *keys, ...)``."""
         ...
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
