@@ -13,7 +13,8 @@ each update uses:
 
 Both are run for several seeds at once: every seed gets its own walk, its own initial weights
 (shared by its two learners) and its own sampling generator, and the networks of all learners
-are stacked into one batched MLP so that an update of all of them is a few tensor operations.
+are stacked into one `course.population.PopulationQNetwork` (the network every trainer of the
+course uses) so that an update of all of them is a few tensor operations.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import numpy as np
 import torch
 
 from course.envs import GridFamilyEnv
-from course.evaluation import ConfidenceInterval, bootstrap_ci, greedy_optimal_fraction
+from course.evaluation import ConfidenceInterval, greedy_optimal_fraction, mean_ci
 from course.mdp import value_iteration
+from course.population import PopulationQNetwork, Purpose, derive_seed, seeded_generators
 from course.replay import Batch, ReplayBuffer
 
 __all__ = [
@@ -94,7 +96,7 @@ class ReplayDemoResult:
     seeds: tuple[int, ...]
 
     def final(self, last: int = 5) -> dict[str, dict[str, ConfidenceInterval]]:
-        """Where each learner ends: the mean over seeds, with a 95% bootstrap interval.
+        """Where each learner ends: the mean over seeds, with a 95% Student-t interval.
 
         Each seed's value is its average over the ``last`` measurements, which smooths the
         swings of a single measurement.
@@ -110,8 +112,8 @@ class ReplayDemoResult:
             raise ValueError(f"last is {last}; use 1 to {len(self.steps)} measurements")
         return {
             arm: {
-                "error": bootstrap_ci(self.error[arm][:, -last:].mean(1)),
-                "greedy_optimal": bootstrap_ci(self.greedy_optimal[arm][:, -last:].mean(1)),
+                "error": mean_ci(self.error[arm][:, -last:].mean(1)),
+                "greedy_optimal": mean_ci(self.greedy_optimal[arm][:, -last:].mean(1)),
             }
             for arm in ARMS
         }
@@ -188,44 +190,6 @@ def distinct_states(obs: torch.Tensor) -> torch.Tensor:
     return torch.tensor(counts, dtype=torch.int64).reshape(lead)
 
 
-class _StackedMLP(torch.nn.Module):
-    """``N`` independent MLPs with stacked weights: agent ``a`` reads only slice ``a``."""
-
-    def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor]) -> None:
-        super().__init__()
-        self.weights = torch.nn.ParameterList(weights)
-        self.biases = torch.nn.ParameterList(biases)
-
-    @classmethod
-    def init(
-        cls, dims: Sequence[int], generators: Sequence[torch.Generator], repeat: int
-    ) -> _StackedMLP:
-        """``nn.Linear``'s initialisation from each generator, each copy repeated ``repeat``
-        times in a row (agents ``a * repeat .. a * repeat + repeat - 1`` start equal)."""
-        weights, biases = [], []
-        for fan_in, fan_out in zip(dims[:-1], dims[1:]):
-            bound = fan_in**-0.5
-            w = torch.stack(
-                [(torch.rand(fan_in, fan_out, generator=g) * 2 - 1) * bound for g in generators]
-            )
-            b = torch.stack(
-                [(torch.rand(1, fan_out, generator=g) * 2 - 1) * bound for g in generators]
-            )
-            weights.append(w.repeat_interleave(repeat, 0))
-            biases.append(b.repeat_interleave(repeat, 0))
-        return cls(weights, biases)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """Action values ``[N, B, A]`` of observations ``[N, B, D]``."""
-        x = obs
-        last = len(self.weights) - 1
-        for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(b, x, w)
-            if layer < last:
-                x = torch.relu(x)
-        return x
-
-
 def _stack_batches(batches: Sequence[Batch]) -> Batch:
     return Batch(*(torch.stack(field) for field in zip(*batches)))
 
@@ -264,16 +228,19 @@ def run_replay_demo(
     q_star_dev, mask = q_star.to(device), (~mdp.terminal).to(device)
     all_obs = torch.as_tensor(env.observations(), device=device)
     n_steps = config.n_updates + batch_size - 1
-    walks = [random_walk(env, n_steps, seed) for seed in seeds]
+    walks = [random_walk(env, n_steps, derive_seed(seed, Purpose.ENV)) for seed in seeds]
     stream = Batch(*(torch.stack(field).to(device) for field in zip(*walks)))  # [n_seeds, T]
 
     # agents 2i (online) and 2i + 1 (replay) belong to seed i and start from the same weights
-    generators = [torch.Generator().manual_seed(10_000 + seed) for seed in seeds]
-    dims = [all_obs.shape[1], *config.hidden, env.action_space.n]
-    q_net = _StackedMLP.init(dims, generators, repeat=len(ARMS)).to(device)
+    init = seeded_generators([s for s in seeds for _ in ARMS], Purpose.INIT)
+    q_net = PopulationQNetwork(
+        2 * n_seeds, all_obs.shape[1], int(env.action_space.n), config.hidden, generators=init
+    ).to(device)
     optimizer = torch.optim.Adam(q_net.parameters(), lr=config.lr)
     buffers = [ReplayBuffer(config.capacity, all_obs.shape[1:], device=device) for _ in seeds]
-    samplers = [torch.Generator(device=device).manual_seed(20_000 + seed) for seed in seeds]
+    samplers = [
+        torch.Generator(device=device).manual_seed(derive_seed(s, Purpose.REPLAY)) for s in seeds
+    ]
     online, replay = torch.arange(0, 2 * n_seeds, 2), torch.arange(1, 2 * n_seeds, 2)
 
     steps, errors, optimal = [], [], []
