@@ -186,7 +186,10 @@ CLASS = {
     "imports_reference": [
         SETUP,
         "import course.mdp\n"
-        "from course.mdp import q_from_v, bellman_backup, policy_evaluation\n"
+        "from course.mdp import q_from_v, bellman_backup\n"
+        "from course.grading.core import EXERCISES\n"
+        "def policy_evaluation(mdp, pi, tol=1e-8):\n"
+        "    return EXERCISES['mdp.policy_evaluation'].solves(mdp, pi, tol)\n"
         "def greedy_policy(Q):\n    return course.mdp.greedy_policy(Q)\n"
         "def value_iteration(mdp, tol=1e-8):\n"
         "    import importlib\n"
@@ -295,6 +298,7 @@ def test_the_library_reference_is_refused(graded: dict) -> None:
     row = graded["rows"]["imports_reference"]
     messages = {r.exercise_id: r.message for r in row.results}
     assert "library's own" in messages["mdp.q_from_v"]
+    assert "ReferenceNotAvailable" in messages["mdp.policy_evaluation"]  # through the grader
     assert "ReferenceNotAvailable" in messages["mdp.greedy_policy"]
     assert "ReferenceNotAvailable" in messages["mdp.value_iteration"]
 

@@ -181,3 +181,52 @@ def test_unknown_id_lists_the_known_ones():
     with pytest.raises(KeyError, match="mdp.bellman_backup"):
         check("mdp.no_such_thing", print)
     assert "mdp.value_iteration" in exercise_ids("01_mdps")
+
+
+# --- an exercise is declared once: everything that names it derives from `solves` -------------
+
+
+def test_id_name_and_kind_derive_from_the_library_object():
+    from course import replay, td
+
+    class QLearning(Exercise):
+        solves = td.q_learning_update
+        lesson = "02_replay"
+
+    class Buffer(Exercise):
+        solves = replay.ReplayBuffer
+
+    assert (QLearning.id, QLearning.name, QLearning.kind) == (
+        "td.q_learning_update",
+        "q_learning_update",
+        "function",
+    )
+    assert (Buffer.id, Buffer.kind) == ("replay.ReplayBuffer", "class")
+    Q = torch.zeros(2, 2)
+    assert QLearning().reference(Q, 0, 1, 1.0, 1, True, 0.5, 0.9)[0, 1] == 0.5
+    problem = QLearning().unusable(td.q_learning_update)
+    assert problem is not None and "library's own" in problem
+
+
+def test_registered_exercises_name_what_they_solve():
+    from course.grading.core import EXERCISES
+
+    for exercise_id, exercise in EXERCISES.items():
+        module, name = exercise_id.split(".")
+        assert exercise.solves.__module__ == f"course.{module}"
+        assert exercise.solves.__name__ == exercise.name == name
+
+
+def test_an_exercise_without_a_library_object_is_refused():
+    from course.grading.core import register
+
+    with pytest.raises(TypeError, match="function or class of course"):
+
+        class Outside(Exercise):
+            solves = json.dumps
+
+    with pytest.raises(TypeError, match="needs `solves`"):
+
+        @register
+        class Nameless(Exercise):
+            lesson = "00_toy"

@@ -99,13 +99,19 @@ class CheckTimeout(Exception):
 class Exercise:
     """A graded exercise: the reference, the cases, and how to judge an answer.
 
-    Subclasses set the class attributes and implement ``cases``.
+    Subclasses set ``solves`` (the library's function or class that the student writes again,
+    e.g. ``solves = course.td.q_learning_update``) and implement ``cases``. Everything that names
+    the exercise derives from ``solves``, so it is declared once: ``name`` is its ``__name__``,
+    ``id`` is ``"<module>.<name>"`` with ``<module>`` the part of ``course.<module>`` that
+    defines it (the id a notebook passes to ``check``), ``kind`` is ``"class"`` or
+    ``"function"``, and ``reference`` calls it.
     """
 
-    id: str = ""  # "<module>.<name>", as in the syllabus
+    solves: Any = None  # the library object the exercise asks the student to write again
+    id: str = ""  # "<module>.<name>", as in the syllabus (derived from ``solves``)
     lesson: str = ""  # notebook stem, e.g. "01_mdps"
-    name: str = ""  # the name the student defines in the notebook
-    kind: str = "function"  # or "class"
+    name: str = ""  # the name the student defines in the notebook (derived from ``solves``)
+    kind: str = "function"  # or "class" (derived from ``solves``)
     parts: dict[str, int] = {"": 1}  # part name -> points
     time_limit: float = 5.0  # seconds per case before the check gives up on a case
     mutates_args: bool = False  # whether changing an argument in place is the point
@@ -113,8 +119,24 @@ class Exercise:
     atol: float = 1e-4
     rtol: float = 1e-4
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        target = cls.__dict__.get("solves")
+        if isinstance(target, staticmethod):
+            target = target.__func__
+        if target is None:
+            return  # a base class shared by one lesson's exercises
+        module = getattr(target, "__module__", "") or ""
+        if not module.startswith("course.") or not hasattr(target, "__name__"):
+            raise TypeError(f"{cls.__name__}.solves must be a function or class of course.<module>")
+        cls.solves = staticmethod(target)  # a plain function would become a method
+        cls.name = target.__name__
+        cls.id = f"{module.removeprefix('course.')}.{cls.name}"
+        cls.kind = "class" if isinstance(target, type) else "function"
+
     def reference(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
+        """The right answer on one case: ``solves`` itself, unless an exercise needs more."""
+        return self.solves(*args, **kwargs)
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
         """Hint -> wrong implementation of a classic mistake."""
@@ -525,6 +547,8 @@ def _changed_argument(case: Case, args: tuple, kwargs: dict) -> str | None:
 
 
 def _is_reference(obj: Any, exercise: Exercise) -> bool:
+    if obj is exercise.solves:
+        return True
     module = getattr(obj, "__module__", "") or ""
     return module.startswith("course.") and getattr(obj, "__name__", None) == exercise.name
 
@@ -536,6 +560,8 @@ EXERCISES: dict[str, Exercise] = {}
 
 def register(cls: type[Exercise]) -> type[Exercise]:
     """Class decorator: make an exercise known to ``check`` and to the grader."""
+    if cls.solves is None or not cls.lesson:
+        raise TypeError(f"{cls.__name__} needs `solves` (the library object) and a `lesson`")
     if cls.id in EXERCISES:
         raise ValueError(f"exercise {cls.id!r} is registered twice")
     EXERCISES[cls.id] = cls()

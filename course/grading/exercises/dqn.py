@@ -69,10 +69,7 @@ SWAPPED_ENDS = "start at `start` and move toward `end` (the two are swapped)"
 
 @register
 class LinearSchedule(_DQNExercise):
-    id, name = "dqn.linear_schedule", "linear_schedule"
-
-    def reference(self, start: float, end: float, duration: int, step: int) -> float:
-        return ref.linear_schedule(start, end, duration, step)
+    solves = ref.linear_schedule
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
         def ramp(start: float, end: float, duration: float, step: int, clamp: bool = True) -> float:
@@ -149,12 +146,7 @@ NO_GENERATOR = (
 
 @register
 class EpsilonGreedy(_DQNExercise):
-    id, name = "dqn.epsilon_greedy", "epsilon_greedy"
-
-    def reference(
-        self, q_values: torch.Tensor, epsilon: float, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        return ref.epsilon_greedy(q_values, epsilon, generator)
+    solves = ref.epsilon_greedy
 
     def probe(self, obj: Any, case: Case) -> Any:
         """Three calls: two with generators seeded alike, one with another seed.
@@ -511,12 +503,7 @@ def _td_case(
 
 @register
 class TDTarget(_DQNExercise):
-    id, name = "dqn.td_target", "td_target"
-
-    def reference(
-        self, rewards: torch.Tensor, next_q: torch.Tensor, terminated: torch.Tensor, gamma: float
-    ) -> torch.Tensor:
-        return ref.td_target(rewards, next_q, terminated, gamma)
+    solves = ref.td_target
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
         def best(q: torch.Tensor) -> torch.Tensor:
@@ -538,17 +525,7 @@ class TDTarget(_DQNExercise):
 
 @register
 class DoubleTDTarget(_DQNExercise):
-    id, name = "dqn.double_td_target", "double_td_target"
-
-    def reference(
-        self,
-        rewards: torch.Tensor,
-        next_q_online: torch.Tensor,
-        next_q_target: torch.Tensor,
-        terminated: torch.Tensor,
-        gamma: float,
-    ) -> torch.Tensor:
-        return ref.double_td_target(rewards, next_q_online, next_q_target, terminated, gamma)
+    solves = ref.double_td_target
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
         def pick(chooser: torch.Tensor, evaluator: torch.Tensor) -> torch.Tensor:
@@ -607,12 +584,7 @@ EVERY_PAIR = (
 
 @register
 class DQNLoss(_DQNExercise):
-    id, name = "dqn.dqn_loss", "dqn_loss"
-
-    def reference(
-        self, q_values: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor
-    ) -> torch.Tensor:
-        return ref.dqn_loss(q_values, actions, targets)
+    solves = ref.dqn_loss
 
     def probe(self, obj: Any, case: Case) -> Any:
         """Call with leaf tensors that require grad, then backpropagate from the loss.
@@ -744,11 +716,8 @@ def _network(sizes: tuple[int, ...], seed: int, requires_grad: bool) -> nn.Modul
 
 @register
 class SoftUpdate(_DQNExercise):
-    id, name = "dqn.soft_update", "soft_update"
+    solves = ref.soft_update
     mutates_args = True
-
-    def reference(self, target: nn.Module, online: nn.Module, tau: float) -> None:
-        ref.soft_update(target, online, tau)
 
     def probe(self, obj: Any, case: Case) -> Any:
         """Build the two networks, call ``obj(target, online, tau)``, inspect both after."""
@@ -889,11 +858,8 @@ class SoftUpdate(_DQNExercise):
 
 @register
 class RealTransitions(_DQNExercise):
-    id, name = "dqn.real_transitions", "real_transitions"
+    solves = ref.real_transitions
     atol = rtol = 0.0
-
-    def reference(self, prev_done: torch.Tensor) -> torch.Tensor:
-        return ref.real_transitions(prev_done)
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -1056,15 +1022,12 @@ class DQNUpdate(_DQNExercise):
     clipping is tested (Adam is nearly blind to a uniform rescaling of the gradient).
     """
 
-    id, name = "dqn.dqn_update", "dqn_update"
+    solves = ref.dqn_update
     mutates_args = True
     uses_optimizer = True
     parts = {"update": 2, "Double DQN": 1, "clipping": 1}
     atol = 1e-5
     rtol = 1e-4
-
-    def reference(self, *args: Any, **kwargs: Any) -> float:
-        return ref.dqn_update(*args, **kwargs)
 
     def probe(self, obj: Any, case: Case) -> Any:
         d = case.data

@@ -56,10 +56,7 @@ def _with_id(obs: torch.Tensor, one_hot: torch.Tensor, first: bool = False) -> t
 
 @register
 class WithAgentId(_MARLExercise):
-    id, name = "marl.with_agent_id", "with_agent_id"
-
-    def reference(self, obs: torch.Tensor, agent: torch.Tensor, n_agents: int) -> torch.Tensor:
-        return ref.with_agent_id(obs, agent, n_agents)
+    solves = ref.with_agent_id
 
     def judge(self, case: Case, got: Any, want: Any) -> str | None:
         return compare(got, want, self.atol, self.rtol, exact_dtype=True)
@@ -174,16 +171,7 @@ def _garbage(next_q: torch.Tensor, terminated: torch.Tensor) -> torch.Tensor:
 
 @register
 class VDNTDTarget(_MARLExercise):
-    id, name = "marl.vdn_td_target", "vdn_td_target"
-
-    def reference(
-        self,
-        team_reward: torch.Tensor,
-        next_q: torch.Tensor,
-        terminated: torch.Tensor,
-        gamma: float,
-    ) -> torch.Tensor:
-        return ref.vdn_td_target(team_reward, next_q, terminated, gamma)
+    solves = ref.vdn_td_target
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
         def best(q: torch.Tensor) -> torch.Tensor:

@@ -195,10 +195,7 @@ class _MDPExercise(Exercise):
 
 @register
 class QFromV(_MDPExercise):
-    id, name = "mdp.q_from_v", "q_from_v"
-
-    def reference(self, mdp: ref.TabularMDP, V: torch.Tensor) -> torch.Tensor:
-        return ref.q_from_v(mdp, V)
+    solves = ref.q_from_v
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -220,10 +217,7 @@ class QFromV(_MDPExercise):
 
 @register
 class BellmanBackup(_MDPExercise):
-    id, name = "mdp.bellman_backup", "bellman_backup"
-
-    def reference(self, mdp: ref.TabularMDP, V: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
-        return ref.bellman_backup(mdp, V, pi)
+    solves = ref.bellman_backup
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
         def expect(Q: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
@@ -251,11 +245,8 @@ class BellmanBackup(_MDPExercise):
 
 @register
 class PolicyEvaluation(_MDPExercise):
-    id, name = "mdp.policy_evaluation", "policy_evaluation"
+    solves = ref.policy_evaluation
     time_limit = 10.0
-
-    def reference(self, mdp: ref.TabularMDP, pi: torch.Tensor, tol: float = 1e-8) -> torch.Tensor:
-        return ref.policy_evaluation(mdp, pi, tol)
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
         def iterate(
@@ -299,11 +290,8 @@ class PolicyEvaluation(_MDPExercise):
 
 @register
 class GreedyPolicy(_MDPExercise):
-    id, name = "mdp.greedy_policy", "greedy_policy"
+    solves = ref.greedy_policy
     atol = rtol = 0.0
-
-    def reference(self, Q: torch.Tensor) -> torch.Tensor:
-        return ref.greedy_policy(Q)
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
         def one_hot(action: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
@@ -344,7 +332,7 @@ class GreedyPolicy(_MDPExercise):
 
 @register
 class ValueIteration(_MDPExercise):
-    id, name = "mdp.value_iteration", "value_iteration"
+    solves = ref.value_iteration
     time_limit = 10.0
 
     def reference(self, mdp: ref.TabularMDP, tol: float = 1e-8) -> tuple[torch.Tensor, ...]:

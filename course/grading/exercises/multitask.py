@@ -115,11 +115,8 @@ def _shapes(model: nn.Module) -> dict:
 
 @register
 class MultiHeadQNetworkExercise(_MultitaskExercise):
-    id, name, kind = "multitask.MultiHeadQNetwork", "MultiHeadQNetwork", "class"
+    solves = ref.MultiHeadQNetwork
     parts = {"forward": 1, "routing": 1, "task_parameters": 1}
-
-    def reference(self, *args: Any, **kwargs: Any) -> nn.Module:
-        return ref.MultiHeadQNetwork(*args, **kwargs)
 
     def probe(self, obj: Any, case: Case) -> Any:
         d = case.data
@@ -430,10 +427,7 @@ def _random_task_params(
 
 @register
 class MultitaskLoss(_MultitaskExercise):
-    id, name = "multitask.multitask_loss", "multitask_loss"
-
-    def reference(self, task_losses: Any, task_params: Any, lam: float) -> torch.Tensor:
-        return ref.multitask_loss(task_losses, task_params, lam)
+    solves = ref.multitask_loss
 
     def probe(self, obj: Any, case: Case) -> Any:
         return _grad_probe(obj, case)
@@ -537,10 +531,7 @@ def _mean_reg(task_params: Any, mode: str = "right") -> torch.Tensor:
 
 @register
 class MeanRegularizer(_MultitaskExercise):
-    id, name = "multitask.mean_regularizer", "mean_regularizer"
-
-    def reference(self, task_params: Any) -> torch.Tensor:
-        return ref.mean_regularizer(task_params)
+    solves = ref.mean_regularizer
 
     def probe(self, obj: Any, case: Case) -> Any:
         return _grad_probe(obj, case)
@@ -647,10 +638,7 @@ def _build_model(data: dict) -> nn.Module:
 
 @register
 class TaskParamGroups(_MultitaskExercise):
-    id, name = "multitask.task_param_groups", "task_param_groups"
-
-    def reference(self, model: nn.Module, shared_lr: float, task_lrs: Sequence[float]) -> Any:
-        return ref.task_param_groups(model, shared_lr, task_lrs)
+    solves = ref.task_param_groups
 
     def probe(self, obj: Any, case: Case) -> Any:
         model = _build_model(case.data)
@@ -802,11 +790,8 @@ def _cos(grads: Sequence[torch.Tensor], mode: str = "right") -> torch.Tensor:
 
 @register
 class GradientConflict(_MultitaskExercise):
-    id, name = "multitask.gradient_conflict", "gradient_conflict"
+    solves = ref.gradient_conflict
     parts = {"": 1, "zero gradients": 1}
-
-    def reference(self, grads: Sequence[torch.Tensor]) -> torch.Tensor:
-        return ref.gradient_conflict(grads)
 
     def probe(self, obj: Any, case: Case) -> Any:
         (grads,) = copy.deepcopy(case.args)
@@ -980,7 +965,7 @@ def _pc_all(
 
 @register
 class PCGrad(_MultitaskExercise):
-    id, name = "multitask.pcgrad", "pcgrad"
+    solves = ref.pcgrad
     time_limit = 5.0
 
     def reference(self, grads: Sequence[torch.Tensor], generator: Any = None) -> torch.Tensor:
@@ -1224,13 +1209,10 @@ class MultitaskUpdate(_MultitaskExercise):
     batch, where the order of the projections cannot matter.
     """
 
-    id, name = "multitask.multitask_update", "multitask_update"
+    solves = ref.multitask_update
     mutates_args = True
     uses_optimizer = True
     parts = {"task losses": 2, "penalty": 1, "PCGrad": 1}
-
-    def reference(self, *args: Any, **kwargs: Any) -> float:
-        return ref.multitask_update(*args, **kwargs)
 
     def probe(self, obj: Any, case: Case) -> Any:
         d = case.data

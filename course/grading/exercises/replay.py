@@ -453,7 +453,8 @@ class _NoEmptyCheck(_Sketch):
 
 @register
 class ReplayBufferExercise(Exercise):
-    id, name, kind, lesson = "replay.ReplayBuffer", "ReplayBuffer", "class", LESSON
+    solves = ref.ReplayBuffer
+    lesson = LESSON
     parts = {
         "construction and len": 1,
         "single add": 1,

@@ -258,22 +258,9 @@ class _TDExercise(Exercise):
 
 @register
 class QLearningUpdate(_TDExercise):
-    id, name = "td.q_learning_update", "q_learning_update"
+    solves = ref.q_learning_update
     parts = {UPDATE: 2, TERMINATED: 1}
     arg_names = ("Q", "s", "a", "r", "s_next", "terminated", "alpha", "gamma")
-
-    def reference(
-        self,
-        Q: torch.Tensor,
-        s: int,
-        a: int,
-        r: float,
-        s_next: int,
-        terminated: bool,
-        alpha: float,
-        gamma: float,
-    ) -> torch.Tensor:
-        return ref.q_learning_update(Q, s, a, r, s_next, terminated, alpha, gamma)
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
         def q(**mistake: Any) -> Callable[..., Any]:
@@ -303,26 +290,12 @@ class QLearningUpdate(_TDExercise):
 
 @register
 class SarsaUpdate(_TDExercise):
-    id, name = "td.sarsa_update", "sarsa_update"
+    solves = ref.sarsa_update
     parts = {UPDATE: 1, TERMINATED: 1}
     arg_names = ("Q", "s", "a", "r", "s_next", "a_next", "terminated", "alpha", "gamma")
 
     def transition(self, generator: torch.Generator, S: int, A: int) -> dict[str, Any]:
         return {"a_next": int(torch.randint(A, (1,), generator=generator))}
-
-    def reference(
-        self,
-        Q: torch.Tensor,
-        s: int,
-        a: int,
-        r: float,
-        s_next: int,
-        a_next: int,
-        terminated: bool,
-        alpha: float,
-        gamma: float,
-    ) -> torch.Tensor:
-        return ref.sarsa_update(Q, s, a, r, s_next, a_next, terminated, alpha, gamma)
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
         def q(**mistake: Any) -> Callable[..., Any]:

@@ -144,13 +144,8 @@ def _field(result: Any, name: str) -> Any:
 
 @register
 class TransferMetricsExercise(_TransferExercise):
-    id, name = "transfer.transfer_metrics", "transfer_metrics"
+    solves = ref.transfer_metrics
     parts = {part: 1 for part in PARTS}
-
-    def reference(
-        self, steps: Any, scratch: Any, transfer: Any, threshold: float
-    ) -> ref.TransferMetrics:
-        return ref.transfer_metrics(steps, scratch, transfer, threshold)
 
     def probe(self, obj: Any, case: Case) -> Any:
         """Call with copies of the case's curves; record every field of the result."""
@@ -400,12 +395,7 @@ def _wrong_penalty(
 
 @register
 class L2SPPenalty(_TransferExercise):
-    id, name = "transfer.l2sp_penalty", "l2sp_penalty"
-
-    def reference(
-        self, model: nn.Module, reference: dict, alpha: float, exclude: tuple = ()
-    ) -> torch.Tensor:
-        return ref.l2sp_penalty(model, reference, alpha, exclude)
+    solves = ref.l2sp_penalty
 
     def _inputs(self, case: Case) -> tuple[nn.Module, dict[str, torch.Tensor]]:
         data = case.data
@@ -635,7 +625,7 @@ def _state(entry: dict) -> str:
 
 @register
 class PrepareFinetune(_TransferExercise):
-    id, name = "transfer.prepare_finetune", "prepare_finetune"
+    solves = ref.prepare_finetune
     parts = {"scratch": 1, "full": 1, "freeze_trunk": 1, "l2sp": 1, "unknown strategy": 1}
     mutates_args = True
 
