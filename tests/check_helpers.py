@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+import torch
 
 from course.grading import check, get_exercise
-from course.grading.core import FAIL, PASS, CheckResult
+from course.grading.core import FAIL, NOT_ATTEMPTED, PASS, CheckResult
 
 
 def assert_passes(exercise_id: str, obj: object) -> None:
@@ -88,3 +91,87 @@ def hint_coverage_test(ids, wrong):
         assert not missing, missing
 
     return test_every_listed_hint_is_reached_by_a_student_written_mistake
+
+
+def _raises(*args, **kwargs):
+    return [1, 2][5]
+
+
+def stub(*args, **kwargs):
+    # YOUR CODE HERE
+    raise NotImplementedError
+
+
+BROKEN = {
+    "raises": (_raises, "raised IndexError"),
+    "returns None": (lambda *args, **kwargs: None, "None"),
+    "returns a string": (lambda *args, **kwargs: "a string", ""),
+    "returns a wrong shape": (lambda *args, **kwargs: torch.zeros(7, 3, 2), ""),
+    "returns a list of objects": (lambda *args, **kwargs: [object()], ""),
+}
+
+
+def robustness_tests(ids, correct, wrong):
+    """The tests every function exercise shares: the reference written as a student's function
+    passes, the library's own object is refused, a stub is "not attempted", a missing answer
+    asks to be defined, broken code fails with a reason and no traceback, and a check (a right
+    and a wrong answer) costs well under a second of CPU.
+
+    Args:
+        ids: The lesson's exercise ids.
+        correct: ``(exercise_id, answer)`` pairs (the first of each id is timed).
+        wrong: ``(exercise_id, answer, hint)`` triples (the first of each id is timed).
+
+    Returns:
+        The test functions, for the calling module to collect, in the order above.
+    """
+
+    @pytest.mark.parametrize("exercise_id", ids)
+    def test_reference_passes(exercise_id):
+        solves = get_exercise(exercise_id).solves
+        assert_passes(exercise_id, lambda *args, **kwargs: solves(*args, **kwargs))
+
+    @pytest.mark.parametrize("exercise_id", ids)
+    def test_library_object_itself_is_refused(exercise_id):
+        result = check(exercise_id, get_exercise(exercise_id).solves)
+        assert not result.passed and "library's own" in result.message
+
+    @pytest.mark.parametrize("exercise_id", ids)
+    def test_stub_is_not_attempted(exercise_id):
+        result = check(exercise_id, stub)
+        assert result.status == NOT_ATTEMPTED and result.score == 0 and not result.passed
+        assert "Not attempted" in result.message
+        assert "Traceback" not in result.message and "NotImplementedError:" not in result.message
+
+    @pytest.mark.parametrize("exercise_id", ids)
+    def test_missing_answer_is_not_attempted(exercise_id):
+        result = check(exercise_id, None)
+        assert result.status == NOT_ATTEMPTED and "define it" in result.message
+
+    @pytest.mark.parametrize("exercise_id", ids)
+    @pytest.mark.parametrize("broken", list(BROKEN))
+    def test_broken_code_fails_without_crashing(exercise_id, broken):
+        answer, expected = BROKEN[broken]
+        result = assert_fails(exercise_id, answer)
+        assert expected in result.message and result.score == 0
+        if broken == "raises":
+            assert "return [1, 2][5]" in result.message  # the student's line is shown
+
+    @pytest.mark.parametrize("exercise_id", ids)
+    def test_a_check_runs_in_well_under_a_second(exercise_id):
+        right = next(a for e, a in correct if e == exercise_id)
+        mistaken = next(a for e, a, _ in wrong if e == exercise_id)
+        check(exercise_id, right)  # warm up: first calls import and compile
+        start = time.process_time()  # CPU time: wall time depends on what else the machine runs
+        check(exercise_id, right)
+        check(exercise_id, mistaken)
+        assert time.process_time() - start < 1.0
+
+    return (
+        test_reference_passes,
+        test_library_object_itself_is_refused,
+        test_stub_is_not_attempted,
+        test_missing_answer_is_not_attempted,
+        test_broken_code_fails_without_crashing,
+        test_a_check_runs_in_well_under_a_second,
+    )
