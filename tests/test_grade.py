@@ -18,7 +18,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from course.grading import grade as g
-from course.grading.core import EXERCISES, lesson_exercises
+from course.grading.core import EXERCISES, get_exercise, lesson_exercises
 from course.release import make_lesson
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +69,8 @@ CORRECT = {
 """,
 }
 NAMES = list(CORRECT)
+POINTS = {n: sum(get_exercise(f"mdp.{n}").parts.values()) for n in NAMES}
+FULL = sum(POINTS.values())
 STUB = "def {name}(*args, **kwargs):\n    raise NotImplementedError\n"
 
 
@@ -267,13 +269,15 @@ def statuses(row: g.SubmissionResult) -> dict[str, str]:
 def test_correct_notebook_gets_full_marks(graded: dict) -> None:
     row = graded["rows"]["correct"]
     assert row.status == g.GRADED
-    assert (row.total, row.max_score) == (5, 5)
+    assert (row.total, row.max_score) == (FULL, FULL)
     assert row.cell_errors == []  # magics and shell escapes are not run as Python
 
 
 def test_partial_answers_score_exercise_by_exercise(graded: dict) -> None:
     row = graded["rows"]["partial"]
-    assert scores(row) == {n: int(n not in ("bellman_backup", "greedy_policy")) for n in NAMES}
+    assert scores(row) == {
+        n: POINTS[n] * (n not in ("bellman_backup", "greedy_policy")) for n in NAMES
+    }
     assert statuses(row)["bellman_backup"] == "not attempted"
     greedy = next(r for r in row.results if r.exercise_id == "mdp.greedy_policy")
     assert "argmin" in greedy.message  # the hint reaches the feedback
@@ -306,21 +310,21 @@ def test_the_library_reference_is_refused(graded: dict) -> None:
 def test_forged_report_lines_and_printed_results_are_ignored(graded: dict) -> None:
     row = graded["rows"]["forges_results"]
     assert row.status == g.GRADED
-    assert scores(row) == {n: int(n == "q_from_v") for n in NAMES}
+    assert scores(row) == {n: POINTS[n] * (n == "q_from_v") for n in NAMES}
     assert statuses(row)["bellman_backup"] == "missing"
 
 
 def test_os_exit_in_a_cell_costs_only_that_cell(graded: dict) -> None:
     row = graded["rows"]["exits_early"]
     assert row.status == g.GRADED
-    assert row.total == 5
+    assert row.total == FULL
     assert any("Code cell 5 stopped the whole run" in n for n in row.notes), row.notes
 
 
 def test_infinite_loops_cost_only_their_exercise(graded: dict) -> None:
     row = graded["rows"]["infinite_loops"]
     assert row.status == g.GRADED
-    assert scores(row) == {n: int(n != "greedy_policy") for n in NAMES}
+    assert scores(row) == {n: POINTS[n] * (n != "greedy_policy") for n in NAMES}
     greedy = next(r for r in row.results if r.exercise_id == "mdp.greedy_policy")
     assert "did not finish" in greedy.message
     assert [e["error"] for e in row.cell_errors] == ["CellTimeout"]
@@ -329,7 +333,7 @@ def test_infinite_loops_cost_only_their_exercise(graded: dict) -> None:
 def test_memory_bomb_costs_only_its_exercise(graded: dict) -> None:
     row = graded["rows"]["memory_bomb"]
     assert row.status == g.GRADED
-    assert scores(row) == {n: int(n != "bellman_backup") for n in NAMES}
+    assert scores(row) == {n: POINTS[n] * (n != "bellman_backup") for n in NAMES}
     assert [e["error"] for e in row.cell_errors] == ["MemoryError"]
 
 
@@ -338,33 +342,33 @@ def test_fork_bomb_is_contained(graded: dict, sandbox_info: g.SandboxInfo) -> No
         pytest.skip("no process cap on this machine (root without cgroups): not safe to run")
     row = graded["rows"]["fork_bomb"]
     assert row.status == g.GRADED
-    assert row.total == 5, str(row.results)
+    assert row.total == FULL, str(row.results)
     # The cell stops when its fork fails, or at its time limit if its copies keep freeing slots.
     assert [e["error"] for e in row.cell_errors] in (["BlockingIOError"], ["CellTimeout"])
 
 
 def test_syntax_error_in_one_cell_does_not_stop_the_others(graded: dict) -> None:
     row = graded["rows"]["syntax_error"]
-    assert row.total == 5
+    assert row.total == FULL
     assert [e["error"] for e in row.cell_errors] == ["SyntaxError"]
     assert "def broken(:" in row.cell_errors[0]["where"]
 
 
 def test_huge_output_cell_is_graded(graded: dict) -> None:
     row = graded["rows"]["huge_output"]
-    assert (row.status, row.total) == (g.GRADED, 5)
+    assert (row.status, row.total) == (g.GRADED, FULL)
 
 
 def test_missing_exercises_say_so(graded: dict) -> None:
     row = graded["rows"]["missing_exercises"]
-    assert scores(row) == {n: int(n in ("q_from_v", "greedy_policy")) for n in NAMES}
+    assert scores(row) == {n: POINTS[n] * (n in ("q_from_v", "greedy_policy")) for n in NAMES}
     missing = next(r for r in row.results if r.exercise_id == "mdp.value_iteration")
     assert missing.status == "missing" and "No `value_iteration`" in missing.message
 
 
 def test_lesson_is_recognised_without_metadata(graded: dict) -> None:
     row = graded["rows"]["no_metadata"]
-    assert (row.lesson, row.total) == ("01_mdps", 5)
+    assert (row.lesson, row.total) == ("01_mdps", FULL)
     assert any("recognised from the notebook's exercises" in n for n in row.notes)
 
 
@@ -393,7 +397,8 @@ def test_gradebook_has_one_row_per_submission(graded: dict) -> None:
     assert list(rows[0]) == ["student", "lesson", *ids, "total", "max", "status", "notebook"]
     assert [r["student"] for r in rows] == sorted(graded["rows"])  # checkpoints skipped
     correct = next(r for r in rows if r["student"] == "correct")
-    assert [correct[i] for i in ids] == ["1"] * 5 and correct["total"] == "5"
+    assert [correct[i] for i in ids] == [str(POINTS[i.split(".")[1]]) for i in ids]
+    assert correct["total"] == str(FULL)
     empty = next(r for r in rows if r["student"] == "empty")
     assert empty["status"] == "empty file" and empty[ids[0]] == ""
     assert not list(graded["out"].parent.glob(".grades.csv.*"))  # no temp file left
@@ -401,7 +406,8 @@ def test_gradebook_has_one_row_per_submission(graded: dict) -> None:
 
 def test_feedback_says_what_failed_and_why(graded: dict) -> None:
     text = (graded["feedback"] / "partial" / "01_mdps.md").read_text()
-    assert "Score: **3 / 5**" in text
+    partial = FULL - POINTS["bellman_backup"] - POINTS["greedy_policy"]
+    assert f"Score: **{partial} / {FULL}**" in text
     assert "| `mdp.greedy_policy` | failed | 0/1 |" in text
     assert "argmin" in text
     text = (graded["feedback"] / "syntax_error" / "01_mdps.md").read_text()

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from test_grade import CORRECT, SETUP, STUB, exercise_cells, write_notebook
+from test_grade import CORRECT, FULL, POINTS, SETUP, STUB, exercise_cells, write_notebook
 
 import course
 
@@ -53,7 +53,10 @@ HONEST = {
         ),
     ],
 }
-EXPECTED = {"honest_full": 5, "honest_partial": 3}
+EXPECTED = {
+    "honest_full": FULL,
+    "honest_partial": FULL - POINTS["bellman_backup"] - POINTS["greedy_policy"],
+}
 
 # Each attack answers q_from_v honestly (1 point), so its own row shows it was graded.
 ATTACKS = {

@@ -230,3 +230,27 @@ def test_an_exercise_without_a_library_object_is_refused():
         @register
         class Nameless(Exercise):
             lesson = "00_toy"
+
+
+def test_the_readme_points_table_is_what_the_grader_awards():
+    """README's "How points are set" table lists every exercise with its points and parts."""
+    from pathlib import Path
+
+    from course.grading.core import EXERCISES
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    header = "| lesson | exercise | points | parts |\n|---|---|---|---|\n"
+    assert header in readme
+    rows = readme.split(header, 1)[1].split("\n\n", 1)[0].strip().splitlines()
+    listed = {}
+    for row in rows:
+        lesson, exercise_id, points, parts = (cell.strip() for cell in row.strip("|").split("|"))
+        listed[exercise_id.strip("`")] = (lesson, int(points), parts)
+    awarded = {}
+    for exercise in EXERCISES.values():
+        parts = exercise.parts
+        named = (
+            "; ".join(f"{n or 'result'} ({p})" for n, p in parts.items()) if len(parts) > 1 else ""
+        )
+        awarded[exercise.id] = (exercise.lesson, sum(parts.values()), named)
+    assert listed == awarded

@@ -172,6 +172,7 @@ def _garbage(next_q: torch.Tensor, terminated: torch.Tensor) -> torch.Tensor:
 @register
 class VDNTDTarget(_MARLExercise):
     solves = ref.vdn_td_target
+    parts = {"": 2}
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
         def best(q: torch.Tensor) -> torch.Tensor:

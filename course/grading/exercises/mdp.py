@@ -218,6 +218,7 @@ class QFromV(_MDPExercise):
 @register
 class BellmanBackup(_MDPExercise):
     solves = ref.bellman_backup
+    parts = {"": 2}
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
         def expect(Q: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
@@ -246,6 +247,7 @@ class BellmanBackup(_MDPExercise):
 @register
 class PolicyEvaluation(_MDPExercise):
     solves = ref.policy_evaluation
+    parts = {"": 2}
     time_limit = 10.0
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
@@ -333,6 +335,7 @@ class GreedyPolicy(_MDPExercise):
 @register
 class ValueIteration(_MDPExercise):
     solves = ref.value_iteration
+    parts = {"": 2}
     time_limit = 10.0
 
     def reference(self, mdp: ref.TabularMDP, tol: float = 1e-8) -> tuple[torch.Tensor, ...]:

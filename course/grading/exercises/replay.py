@@ -29,6 +29,10 @@ from course import replay as ref
 from course.grading.core import Case, CheckTimeout, Exercise, Outcome, register, run_guarded
 
 LESSON = "02_replay"
+# The parts of the ReplayBuffer exercise, one point each.
+STORING = "storing: construction, len, single and batched adds, no aliasing"
+OVERWRITE = "ring overwrite"
+SAMPLING = "sampling: shapes, dtypes, uniform draws, an empty buffer raises ValueError"
 FIELDS = ("obs", "actions", "rewards", "next_obs", "terminated", "tasks")
 SAMPLES_PER_SLOT = 64  # draws per slot when reading contents: missing one has odds below 1e-20
 UNIFORM_DRAWS = 40_000  # draws of the uniformity test
@@ -455,17 +459,7 @@ class _NoEmptyCheck(_Sketch):
 class ReplayBufferExercise(Exercise):
     solves = ref.ReplayBuffer
     lesson = LESSON
-    parts = {
-        "construction and len": 1,
-        "single add": 1,
-        "batched add": 1,
-        "ring overwrite": 1,
-        "no aliasing": 1,
-        "sample shapes and dtypes": 1,
-        "uniform sampling": 1,
-        "empty buffer raises ValueError": 1,
-    }
-    reference = ref.ReplayBuffer  # a class: the probe runs the same scenario on it
+    parts = {STORING: 1, OVERWRITE: 1, SAMPLING: 1}  # the ring and uniform draws carry the idea
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -518,7 +512,7 @@ class ReplayBufferExercise(Exercise):
         g = generator
         out: list[Case] = []
 
-        part = "construction and len"
+        part = STORING
         out.append(_scenario("a new buffer is empty", part, g, 3, (2,), [("len",)]))
         steps = [("len",)]
         for step in _adds(1, 7, "torch"):
@@ -545,7 +539,7 @@ class ReplayBufferExercise(Exercise):
                 )
             )
 
-        part = "single add"
+        part = STORING
         out.append(
             _scenario("three transitions", part, g, 5, (3,), [*_adds(1, 3, "torch"), ("contents",)])
         )
@@ -597,7 +591,7 @@ class ReplayBufferExercise(Exercise):
                 )
             )
 
-        part = "batched add"
+        part = STORING
         out.append(
             _scenario(
                 "one batch of 3",
@@ -657,7 +651,7 @@ class ReplayBufferExercise(Exercise):
                 )
             )
 
-        part = "ring overwrite"
+        part = OVERWRITE
         out.append(
             _scenario(
                 "one transition past capacity 3",
@@ -714,7 +708,7 @@ class ReplayBufferExercise(Exercise):
                 )
             )
 
-        part = "no aliasing"
+        part = STORING
         for form, shape in (("numpy", (3,)), ("torch", (3,)), ("tensor0d", (2,))):
             out.append(
                 _scenario(
@@ -740,7 +734,7 @@ class ReplayBufferExercise(Exercise):
                 )
             )
 
-        part = "sample shapes and dtypes"
+        part = SAMPLING
         out.append(
             _scenario("a batch of 4", part, g, 5, (3,), [*_adds(1, 3, "torch"), ("fields", 4)])
         )
@@ -777,7 +771,7 @@ class ReplayBufferExercise(Exercise):
             )
         )
 
-        part = "uniform sampling"
+        part = SAMPLING
         out.append(
             _scenario("a full buffer of 4", part, g, 4, (2,), [*_adds(1, 4, "torch"), ("counts",)])
         )
@@ -813,7 +807,7 @@ class ReplayBufferExercise(Exercise):
             )
         )
 
-        part = "empty buffer raises ValueError"
+        part = SAMPLING
         out.append(_scenario("sample before any add", part, g, 4, (2,), [("empty",)]))
         return out
 
