@@ -240,12 +240,16 @@ def describe_ray(address: str | None = None, timeout: float = 2.0) -> tuple[str,
     try:
         version = importlib.metadata.version("ray")
     except importlib.metadata.PackageNotFoundError:
-        return f"not installed (optional: `{INSTALL_RAY}` runs sweeps on a Ray cluster)", None
+        return (
+            f"not installed (optional: `{INSTALL_RAY}` runs sweeps and `course grade --ray` on "
+            "a Ray cluster)",
+            None,
+        )
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         return (
             f"{version}; no cluster named (set RAY_ADDRESS=HOST:PORT to use one; sweeps with "
-            "backend='ray' start Ray on this machine otherwise)",
+            "backend='ray' and `course grade --ray` start Ray on this machine otherwise)",
             None,
         )
     if address == "auto":
