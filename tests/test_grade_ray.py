@@ -98,6 +98,16 @@ def test_an_unreachable_cluster_is_a_clear_error(
     assert not (tmp_path / "g").exists(), "nothing is written when the cluster is unreachable"
 
 
+def test_an_address_where_no_ray_head_listens_is_a_clear_error(tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="Ray is not installed (`pip install -e '.[dev]'`)")
+    with socket.socket() as server:  # answers TCP, but is no Ray head: Ray would wait minutes
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        with pytest.raises(g.GradeError, match="answers, but not as a Ray cluster's head"):
+            g.grade_class([_class(tmp_path)], out=None, feedback=None, ray=address)
+
+
 def test_an_address_that_is_a_path_says_where_to_put_ray(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -161,6 +161,19 @@ def test_doctor_reports_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     assert found.ok and found.detail == describe_ray()[0]
 
 
+def test_an_address_that_is_not_a_ray_head_fails_at_once() -> None:
+    pytest.importorskip("ray", reason="Ray is not installed (`pip install -e '.[dev]'`)")
+    with socket.socket() as server:  # listens, but speaks no gRPC (Ray would wait for minutes)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match="not as a Ray cluster's head"):
+            sweep(_fails_on_two, grid(range(2)), backend="ray", address=address, progress=False)
+        assert time.monotonic() - started < 30
+    assert sweep_module.head_problem(address, timeout=1).startswith("no Ray cluster answers")
+
+
 def _namespaces() -> list[str]:
     if shutil.which("unshare") is None:
         pytest.fail("unshare (util-linux) is missing: the Ray test needs it to stay on loopback")

@@ -32,7 +32,7 @@ from course.grading.grade import grade_submission, unreadable
 from course.grading.gradebook import course_fingerprint
 from course.grading.isolation import can_use_dedicated_users, lease_uid, probe_sandbox
 from course.grading.records import Confinement, GradeError, Limits, SandboxInfo, SubmissionResult
-from course.sweep import INSTALL_RAY, _reachable
+from course.sweep import INSTALL_RAY, head_problem
 
 __all__ = ["RayGrader", "grade_remote", "node_sandbox"]
 
@@ -141,11 +141,11 @@ class RayGrader:
     def __init__(self, address: str | None = None) -> None:
         self.ray = ray = _import_ray()
         if address and address != "auto":
-            why = _reachable(address, timeout=5.0)
+            why = head_problem(address)
             if why is not None:
                 raise GradeError(
-                    f"no Ray cluster answers at {address} ({why}): start it (`ray start --head` "
-                    "on its head machine) or correct the address given to --ray"
+                    f"{why}: start the cluster (`ray start --head` on its head machine) or "
+                    "correct the address given to --ray"
                 )
         self.started = not ray.is_initialized()
         if self.started:
