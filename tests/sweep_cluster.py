@@ -118,13 +118,14 @@ def _agent_ports(first: int) -> list[str]:
     return [f"--{name}={first + i}" for i, name in enumerate(names)]
 
 
-def _ray(*args: str, log: Path, attempts: int = 1) -> None:
+def _ray(*args: str, log: Path, attempts: int = 1) -> int:
+    """Run ``ray ARGS``, again after a failure, up to ``attempts`` times; the attempts used."""
     ray = Path(sys.executable).with_name("ray")
     for attempt in range(1, attempts + 1):
         with log.open("a") as out:
             done = subprocess.run([str(ray), *args], stdout=out, stderr=out, timeout=300)
         if done.returncode == 0:
-            return
+            return attempt
         if attempt == attempts:
             sys.stderr.write(log.read_text()[-4000:])
             raise RuntimeError(f"`ray {' '.join(args)}` failed {attempts} times; see {log}")
@@ -143,9 +144,12 @@ def main(temp: str) -> None:
               "--disable-usage-stats", "--include-log-monitor=false"]  # fmt: skip
     try:
         started = time.monotonic()
-        _ray("start", "--head", "--port=6399", "--include-dashboard=false", "--no-monitor",
-             f"--temp-dir={temp}", *common, *_agent_ports(52360), log=log, attempts=3)  # fmt: skip
-        _ray("start", f"--address={HEAD}", *common, *_agent_ports(52370), log=log, attempts=3)
+        head = ["--head", "--port=6399", "--include-dashboard=false", "--no-monitor",
+                f"--temp-dir={temp}"]  # fmt: skip
+        tries = _ray("start", *head, *common, *_agent_ports(52360), log=log, attempts=3)
+        head_s = time.monotonic() - started
+        tries += _ray("start", f"--address={HEAD}", *common, *_agent_ports(52370), log=log,
+                      attempts=3)  # fmt: skip
         import ray
 
         ray.init(address=HEAD, logging_level="warning")
@@ -162,6 +166,7 @@ def main(temp: str) -> None:
             "grading": {
                 "summary": graded.summary(),
                 "nodes": sorted(graded.nodes),
+                "graded_on": graded.graded_on,
                 "submissions": [r.to_json() for r in graded.submissions],
                 "reused": again.reused,
                 "again": [r.to_json() for r in again.submissions],
@@ -171,6 +176,8 @@ def main(temp: str) -> None:
             "results": results,
             "nodes_used": len(set(nodes)),
             "cluster_s": round(cluster_s, 1),
+            "head_s": round(head_s, 1),
+            "start_attempts": tries,
             "sweep_s": round(sweep_s, 1),
             "grade_s": round(time.monotonic() - started - cluster_s - sweep_s, 1),
         }

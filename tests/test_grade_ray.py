@@ -193,6 +193,7 @@ class FakeCluster:
 
     def __init__(self, address: str | None) -> None:
         self.address = address
+        self.graded_on: dict[str, int] = {}
 
     def probe(self, limits: g.Limits) -> dict[str, g.SandboxInfo]:
         return dict(self.nodes)
@@ -205,7 +206,10 @@ class FakeCluster:
         lesson: str | None,
         allow_weak: bool,
     ) -> Iterator[g.SubmissionResult]:
-        for path, student in reversed(jobs):  # finished in another order than sent
+        names = sorted(self.nodes)
+        for i, (path, student) in enumerate(reversed(jobs)):  # finished in another order
+            node = names[i % len(names)]
+            self.graded_on[node] = self.graded_on.get(node, 0) + 1
             raw = cluster.grade_remote(
                 path.read_bytes(), str(path), student, seed, limits.__dict__, lesson,
                 course_fingerprint(), allow_weak,
@@ -241,5 +245,8 @@ def test_the_teacher_writes_what_a_local_run_writes(
     for name in ("g.csv", "fb/ann/01_mdps.md", "fb/ben/01_mdps.md"):
         assert (tmp_path / "r" / name).read_text() == (tmp_path / "l" / name).read_text()
     assert remote.nodes == FakeCluster.nodes and not local.nodes
-    assert "graded on 2 Ray nodes, each probed first: network cut off" in remote.summary()
+    assert remote.graded_on == {name: 1 for name in FakeCluster.nodes}
+    assert "graded on 2 Ray nodes (1 + 1 notebooks), each probed first: network cut" in (
+        remote.summary()
+    )
     assert "Ray" not in local.summary()

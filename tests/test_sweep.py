@@ -208,7 +208,8 @@ def cluster() -> Iterator[tuple[dict, Path]]:
             )
         assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         report = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"cluster up in {report['cluster_s']} s, sweeps {report['sweep_s']} s, grading "
+        print(f"cluster up in {report['cluster_s']} s (head {report['head_s']} s; "
+              f"{report['start_attempts']} `ray start`s), sweeps {report['sweep_s']} s, grading "
               f"{report['grade_s']} s, all {time.monotonic() - started:.1f} s")  # fmt: skip
         yield report, temp
     finally:
@@ -254,7 +255,13 @@ def test_grading_on_a_two_node_ray_cluster_equals_the_local_run(
     assert len(graded["nodes"]) == 2 and all(
         n.startswith("127.0.0.1 (node ") for n in graded["nodes"]
     )
-    assert "graded on 2 Ray nodes, each probed first: network cut off" in graded["summary"]
+    assert sorted(graded["graded_on"]) == graded["nodes"], "both nodes graded notebooks"
+    assert sum(graded["graded_on"].values()) == 4 and min(graded["graded_on"].values()) > 0
+    counts = " + ".join(str(graded["graded_on"][n]) for n in graded["nodes"])
+    assert (
+        f"graded on 2 Ray nodes ({counts} notebooks), each probed first: network cut off"
+        in (graded["summary"])
+    )
     # the class is graded as it should be, not merely the same way twice
     rows = {r.student: r for r in local.submissions}
     assert rows["ada"].total == rows["ada"].max_score > 0

@@ -24,6 +24,8 @@ import contextlib
 import json
 import os
 import socket
+import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -101,7 +103,15 @@ def grade_remote(
         return json.dumps({"refused": why}).encode()
     _, confinement = _worker_setup(limits_)
     result = grade_submission(data, Path(notebook), student, seed, limits_, confinement, lesson)
-    return json.dumps({"result": result.to_json()}).encode()
+    return json.dumps({"result": result.to_json(), "node": _node_id()}).encode()
+
+
+def _node_id() -> str | None:
+    """The Ray node this runs on (None outside a Ray worker)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
 
 
 def _import_ray() -> Any:
@@ -124,6 +134,10 @@ def _answer(raw: Any, what: str) -> dict:
     if isinstance(answer.get("refused"), str):
         raise GradeError(answer["refused"])
     return answer
+
+
+def _node_name(node: dict) -> str:
+    return f"{node['NodeManagerAddress']} (node {node['NodeID'][:8]})"
 
 
 class RayGrader:
@@ -157,6 +171,8 @@ class RayGrader:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise GradeError(f"cannot attach to the Ray cluster at {address}: {exc}") from exc
         self.fingerprint = course_fingerprint()
+        self.names: dict[str, str] = {}  # node ID -> its name in the summary
+        self.graded_on: Counter[str] = Counter()  # node name -> submissions it graded
 
     def close(self) -> None:
         """Leave the cluster (shut Ray down if this grader started it)."""
@@ -178,11 +194,12 @@ class RayGrader:
             raise GradeError("the Ray cluster has no live node with a CPU to grade on")
         task = self.ray.remote(num_cpus=1, max_retries=0)(node_sandbox)
         refs = {
-            f"{n['NodeManagerAddress']} (node {n['NodeID'][:8]})": task.options(
+            _node_name(n): task.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
             ).remote(limits.__dict__, self.fingerprint)
             for n in nodes
         }
+        self.names = {n["NodeID"]: _node_name(n) for n in nodes}
         found = {}
         for name, ref in sorted(refs.items()):
             answer = _answer(self.ray.get(ref), f"probing {name}")
@@ -233,6 +250,8 @@ class RayGrader:
                 except ray.exceptions.RayError as exc:
                     raise GradeError(f"grading {path} on the Ray cluster failed: {exc}") from exc
                 answer = _answer(raw, f"grading {path}")
+                node = answer.get("node")
+                self.graded_on[self.names.get(node, f"node {str(node)[:8]}")] += 1
                 try:
                     yield SubmissionResult.from_json(answer["result"])
                 except (KeyError, TypeError, ValueError) as exc:

@@ -423,4 +423,5 @@ def _grade_all(
         write_gradebook(results, Path(out))
     if feedback is not None:
         write_feedback(results, Path(feedback))
-    return ClassResults(results, seed, info, reused, nodes)
+    graded_on = dict(cluster.graded_on) if cluster is not None else {}
+    return ClassResults(results, seed, info, reused, nodes, graded_on)

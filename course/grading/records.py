@@ -213,6 +213,7 @@ class ClassResults:
     sandbox: SandboxInfo
     reused: int = 0
     nodes: dict[str, SandboxInfo] = field(default_factory=dict)  # Ray node -> its confinement
+    graded_on: dict[str, int] = field(default_factory=dict)  # Ray node -> notebooks it ran
 
     def isolation(self) -> str:
         """What confined the submissions: this machine's sandbox, or each Ray node's."""
@@ -220,7 +221,11 @@ class ClassResults:
             return self.sandbox.describe()
         n = len(self.nodes)
         described = {name: info.describe() for name, info in self.nodes.items()}
-        where = f"graded on {n} Ray node{'s' * (n > 1)}, {'each ' * (n > 1)}probed first"
+        counts = " + ".join(str(self.graded_on.get(name, 0)) for name in sorted(self.nodes))
+        where = (
+            f"graded on {n} Ray node{'s' * (n > 1)} ({counts} notebooks), "
+            f"{'each ' * (n > 1)}probed first"
+        )
         if len(set(described.values())) == 1:
             return f"{where}: {next(iter(described.values()))}"
         return f"{where}: " + " | ".join(f"{k}: {v}" for k, v in sorted(described.items()))
