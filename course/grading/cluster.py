@@ -123,8 +123,8 @@ def _import_ray() -> Any:
 
 
 def _answer(raw: Any, what: str) -> dict:
-    """A worker's JSON answer, checked for form (a worker is the teacher's, but its bytes are
-    parsed, never unpickled)."""
+    """A worker's answer, checked for form: JSON bytes, read as data (Ray carries them between
+    the teacher's own machines; no object a worker built is used here)."""
     try:
         answer = json.loads(raw)
     except (TypeError, ValueError) as exc:
