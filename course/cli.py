@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from course import release as release_module
 
@@ -36,6 +37,14 @@ def _release(args: argparse.Namespace) -> int:
 def _grade(args: argparse.Namespace) -> int:
     from course.grading import grade as grade_module  # imports torch: only when grading
 
+    if args.ray and Path(args.ray).exists():  # `--ray PATH...`: the address took a notebook
+        print(
+            f"course grade: --ray took {args.ray!r} as the cluster's address: put --ray after "
+            "the notebooks, or write --ray=HOST:PORT",
+            file=sys.stderr,
+        )
+        return 2
+
     limits = grade_module.Limits(
         timeout=args.timeout,
         cell_timeout=min(args.cell_timeout, args.timeout),
@@ -54,6 +63,7 @@ def _grade(args: argparse.Namespace) -> int:
             fresh=args.fresh,
             progress=not args.quiet,
             allow_weak_isolation=args.allow_weak_isolation,
+            ray=False if args.ray is None else (args.ray or True),
         )
     except (grade_module.GradeError, OSError) as exc:
         print(f"course grade: {exc}", file=sys.stderr)
@@ -119,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="grade even where this machine confines submissions less than the teacher guide "
         "promises (files, signals and processes, network); the summary says what is missing",
+    )
+    gra.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run the submissions on a Ray cluster: its head's HOST:PORT, or nothing for "
+        "ray.init()'s default (RAY_ADDRESS, else a Ray started here); the gradebook, feedback "
+        "and cache are those of a local run with the same seed (needs "
+        "`pip install 'rl-transfer-course[cluster]'`)",
     )
     gra.add_argument("--quiet", action="store_true", help="no progress bar")
     gra.set_defaults(run=_grade)

@@ -1,10 +1,10 @@
 """``course doctor``: what a student needs to know when something is off.
 
 Checks the Python, the torch build and device, the libraries the lessons use, whether ipywidgets
-will render in JupyterLab, whether Ray (optional, for sweeps on a cluster) is installed and its
-cluster reachable, and whether the lesson notebooks match the installed library and the
-solutions they are generated from. Each problem comes with a one-sentence fix; the exit status is
-0 when nothing needs fixing and 1 otherwise.
+will render in JupyterLab, whether Ray (optional, for sweeps and grading on a cluster) is
+installed and its cluster reachable, and whether the lesson notebooks match the installed
+library and the solutions they are generated from. Each problem comes with a one-sentence fix;
+the exit status is 0 when nothing needs fixing and 1 otherwise.
 """
 
 from __future__ import annotations

@@ -147,6 +147,10 @@ def _run_ray(
         options: dict[str, Any] = {"logging_level": "warning"}
         if address is None and not os.environ.get("RAY_ADDRESS"):
             options["include_dashboard"] = False  # a Ray of this machine only, for this sweep
+        if address is not None and address != "auto":
+            why = head_problem(address)
+            if why is not None:
+                raise ConnectionError(f"{why}: start it with `ray start --head` or correct it")
         ray.init(address=address, **options)
     try:
         task = ray.remote(num_cpus=1)(run_point).options(scheduling_strategy="SPREAD")
@@ -198,6 +202,7 @@ def sweep(
         ValueError: If ``backend`` is not one of :data:`BACKENDS`, or an address is given to
             the local backend.
         ImportError: If ``backend="ray"`` and Ray is not installed.
+        ConnectionError: If ``address`` names no Ray head (Ray would wait for minutes there).
         SweepError: If ``fn`` raised on a point (the first such point in order is named).
     """
     if backend not in BACKENDS:
@@ -223,6 +228,37 @@ def _reachable(address: str, timeout: float) -> str | None:
         return exc.strerror or type(exc).__name__
 
 
+# What an HTTP/2 client sends first (the preface, then an empty SETTINGS frame); a gRPC server,
+# as a Ray head is, answers with a SETTINGS frame (its type, 4, is the fourth byte).
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def head_problem(address: str, timeout: float = 5.0) -> str | None:
+    """Why ``HOST:PORT`` is not a Ray head to attach to (None: it answers as one).
+
+    Ray itself would wait for minutes on an address that is wrong; this opens one TCP
+    connection and checks that a gRPC server answers there.
+    """
+    why = _reachable(address, timeout)
+    if why is not None:
+        return f"no Ray cluster answers at {address} ({why})"
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    answer = b""
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
+            conn.sendall(_HTTP2_HELLO)
+            while len(answer) < 9:
+                chunk = conn.recv(9 - len(answer))
+                if not chunk:
+                    break
+                answer += chunk
+    except OSError:
+        pass
+    if len(answer) == 9 and answer[3] == 4:
+        return None
+    return f"{address} answers, but not as a Ray cluster's head (no gRPC server there)"
+
+
 def describe_ray(address: str | None = None, timeout: float = 2.0) -> tuple[str, str | None]:
     """Whether Ray is installed and its cluster reachable, for ``course doctor``.
 
@@ -240,12 +276,16 @@ def describe_ray(address: str | None = None, timeout: float = 2.0) -> tuple[str,
     try:
         version = importlib.metadata.version("ray")
     except importlib.metadata.PackageNotFoundError:
-        return f"not installed (optional: `{INSTALL_RAY}` runs sweeps on a Ray cluster)", None
+        return (
+            f"not installed (optional: `{INSTALL_RAY}` runs sweeps and `course grade --ray` on "
+            "a Ray cluster)",
+            None,
+        )
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         return (
             f"{version}; no cluster named (set RAY_ADDRESS=HOST:PORT to use one; sweeps with "
-            "backend='ray' start Ray on this machine otherwise)",
+            "backend='ray' and `course grade --ray` start Ray on this machine otherwise)",
             None,
         )
     if address == "auto":

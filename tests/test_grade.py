@@ -446,6 +446,10 @@ def test_resume_reuses_results_and_gives_identical_scores(
     assert [r.to_json() for r in again.submissions] == [
         r.to_json() for r in graded["results"].submissions
     ]
+    # the feedback too, exercises in the lesson's order (the cache stores them sorted by id)
+    assert [g.feedback_markdown(r) for r in again.submissions] == [
+        g.feedback_markdown(r) for r in graded["results"].submissions
+    ]
 
 
 def test_lesson_filter_gives_other_lessons_a_row(tmp_path: Path) -> None:

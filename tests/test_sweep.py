@@ -1,7 +1,8 @@
 """Tests for course/sweep.py: sweeps give the same results here and on a real Ray cluster.
 
-``test_sweep_on_a_two_node_ray_cluster`` starts a Ray head and a second worker node on 127.0.0.1
-(``tests/sweep_cluster.py``), inside namespaces this test creates: a network namespace with only
+The ``cluster`` fixture starts a Ray head and a second worker node on 127.0.0.1
+(``tests/sweep_cluster.py``), runs a sweep and grades a small class on them
+(``course grade --ray``), inside namespaces it creates: a network namespace with only
 loopback up, so that no traffic leaves the machine (Ray binds the machine's outward address
 otherwise), and a PID namespace, so that every Ray process ends with the test. It skips only when
 Ray is not installed (``pip install -e '.[dev]'`` installs it).
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +161,19 @@ def test_doctor_reports_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     assert found.ok and found.detail == describe_ray()[0]
 
 
+def test_an_address_that_is_not_a_ray_head_fails_at_once() -> None:
+    pytest.importorskip("ray", reason="Ray is not installed (`pip install -e '.[dev]'`)")
+    with socket.socket() as server:  # listens, but speaks no gRPC (Ray would wait for minutes)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match="not as a Ray cluster's head"):
+            sweep(_fails_on_two, grid(range(2)), backend="ray", address=address, progress=False)
+        assert time.monotonic() - started < 30
+    assert sweep_module.head_problem(address, timeout=1).startswith("no Ray cluster answers")
+
+
 def _namespaces() -> list[str]:
     if shutil.which("unshare") is None:
         pytest.fail("unshare (util-linux) is missing: the Ray test needs it to stay on loopback")
@@ -166,10 +181,12 @@ def _namespaces() -> list[str]:
     return ["unshare", *user, "--net", "--pid", "--fork", "--mount-proc", "--kill-child"]
 
 
-@pytest.mark.slow
-def test_sweep_on_a_two_node_ray_cluster() -> None:
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[tuple[dict, Path]]:
+    """Run ``sweep_cluster.py`` once on its class: (its report, the folder it worked in)."""
     pytest.importorskip("ray", reason="Ray is not installed (`pip install -e '.[dev]'`)")
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    sweep_cluster.write_class(temp / "subs")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="disabled", RAY_DISABLE_USAGE_STATS="1", OMP_NUM_THREADS="1")
     # Ray's start-up deadlines (60 s) assume an idle machine; a busy one can need more
@@ -177,27 +194,78 @@ def test_sweep_on_a_two_node_ray_cluster() -> None:
     started = time.monotonic()
     try:
         proc = subprocess.run(
-            [*_namespaces(), sys.executable, str(HERE / "sweep_cluster.py"), temp],
+            [*_namespaces(), sys.executable, str(HERE / "sweep_cluster.py"), str(temp)],
             capture_output=True,
             text=True,
             timeout=600,
             env=env,
             cwd=temp,
         )
+        if "timed out during startup" in proc.stderr:
+            pytest.fail(
+                "Ray could not start its nodes: each raylet gives its agents 15 s to start, and "
+                f"this machine was too busy for that in 3 attempts.\n{proc.stderr[-3000:]}"
+            )
+        assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"cluster up in {report['cluster_s']} s (head {report['head_s']} s; "
+              f"{report['start_attempts']} `ray start`s), sweeps {report['sweep_s']} s, grading "
+              f"{report['grade_s']} s, all {time.monotonic() - started:.1f} s")  # fmt: skip
+        yield report, temp
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-    if "timed out during startup" in proc.stderr:
-        pytest.fail(
-            "Ray could not start its nodes: each raylet gives its agents 15 s to start, and this "
-            f"machine was too busy for that in 3 attempts.\n{proc.stderr[-3000:]}"
-        )
-    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_sweep_on_a_two_node_ray_cluster(cluster: tuple[dict, Path]) -> None:
+    report, _ = cluster
     assert report["alive"] == 2, report
     assert report["addresses"] == ["127.0.0.1"], "every node must be on loopback"
     assert report["nodes_used"] == 2, "the sweep should spread over both nodes"
     local = sweep(sweep_cluster.zero_shot, sweep_cluster.POINTS, progress=False)
     assert report["results"] == local, "results must not depend on where they ran"
     assert len(set(local)) > 1
-    print(f"cluster up in {report['cluster_s']} s, sweeps {report['sweep_s']} s, "
-          f"all {time.monotonic() - started:.1f} s")  # fmt: skip
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_grading_on_a_two_node_ray_cluster_equals_the_local_run(
+    cluster: tuple[dict, Path],
+) -> None:
+    from course.grading.gradebook import ResultCache
+
+    report, temp = cluster
+    graded = report["grading"]
+    local = sweep_cluster.grade(temp / "subs", temp / "local-grades", ray=False)
+    assert graded["submissions"] == [r.to_json() for r in local.submissions]
+    ray_out, local_out = temp / "ray-grades", temp / "local-grades"
+    assert (ray_out / "grades.csv").read_bytes() == (local_out / "grades.csv").read_bytes()
+    assert _files(ray_out / "feedback") == _files(local_out / "feedback")
+    ray_cache = ResultCache(ray_out / "grades.cache.jsonl")
+    local_cache = ResultCache(local_out / "grades.cache.jsonl")
+    assert ray_cache.rejected == 0, "the head signs every line with its own key"
+    assert ray_cache.entries == local_cache.entries and len(ray_cache.entries) == 4
+    assert ray_cache.seed == local_cache.seed == sweep_cluster.GRADE_SEED
+    # a second run on the cluster reuses every result, unchanged
+    assert graded["reused"] == 4 and graded["again"] == graded["submissions"]
+    # every node was probed, and the summary says what each confines
+    assert len(graded["nodes"]) == 2 and all(
+        n.startswith("127.0.0.1 (node ") for n in graded["nodes"]
+    )
+    assert sorted(graded["graded_on"]) == graded["nodes"], "both nodes graded notebooks"
+    assert sum(graded["graded_on"].values()) == 4 and min(graded["graded_on"].values()) > 0
+    counts = " + ".join(str(graded["graded_on"][n]) for n in graded["nodes"])
+    assert (
+        f"graded on 2 Ray nodes ({counts} notebooks), each probed first: network cut off"
+        in (graded["summary"])
+    )
+    # the class is graded as it should be, not merely the same way twice
+    rows = {r.student: r for r in local.submissions}
+    assert rows["ada"].total == rows["ada"].max_score > 0
+    assert rows["bob"].status == "graded" and rows["bob"].total == 0
+    assert rows["cy"].status == "graded" and rows["cy"].total == 0
+    assert any("run again without that cell" in n for n in rows["cy"].notes)
+    assert rows["dee"].status == "not JSON"

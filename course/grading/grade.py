@@ -28,8 +28,9 @@ import hashlib
 import queue
 import secrets
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from course.grading.gradebook import (
     ResultCache,
@@ -83,6 +84,9 @@ from course.grading.run import (
     run_submission,
     why_stopped,
 )
+
+if TYPE_CHECKING:
+    from course.grading.cluster import RayGrader
 
 DEFAULT_LIMITS = Limits()
 
@@ -150,13 +154,45 @@ def grade_notebook(
         confinement: how to confine the run beyond what every run gets (see ``Confinement``).
         lesson_filter: grade only this lesson.
     """
-    student = student_of(path)
-    result = SubmissionResult(notebook=str(path), student=student, lesson="", status="", seed=seed)
     try:
         data = path.read_bytes()
     except OSError as exc:
-        result.status, result.notes = NOT_NOTEBOOK, [f"The file cannot be read ({exc.strerror})."]
-        return result
+        return unreadable(path, seed, exc)
+    return grade_submission(data, path, student_of(path), seed, limits, confinement, lesson_filter)
+
+
+def unreadable(path: Path, seed: int, exc: OSError) -> SubmissionResult:
+    """The row of a notebook file that cannot be read."""
+    result = SubmissionResult(str(path), student_of(path), "", NOT_NOTEBOOK, seed=seed)
+    result.notes = [f"The file cannot be read ({exc.strerror})."]
+    return result
+
+
+def grade_submission(
+    data: bytes,
+    path: Path,
+    student: str,
+    seed: int,
+    limits: Limits,
+    confinement: Confinement | None = None,
+    lesson_filter: str | None = None,
+) -> SubmissionResult:
+    """Grade one notebook's bytes (intake, confined run, judge); never raises on bad bytes.
+
+    This is what runs for each submission, on this machine or on a Ray worker
+    (``course.grading.cluster``): ``path`` only names the notebook, it is not read.
+
+    Args:
+        data: the notebook file's content.
+        path: where the notebook lies on the teacher's machine (its name helps recognise the
+            lesson; the row records it).
+        student: the submission's student (``student_of(path)``, found by the caller).
+        seed: seeds the cases of every exercise.
+        limits: limits on the run.
+        confinement: how to confine the run beyond what every run gets (see ``Confinement``).
+        lesson_filter: grade only this lesson.
+    """
+    result = SubmissionResult(notebook=str(path), student=student, lesson="", status="", seed=seed)
     result.sha256 = hashlib.sha256(data).hexdigest()
     nb, problem, why = read_notebook(data)
     if nb is None:
@@ -202,6 +238,16 @@ def _confinements(info: SandboxInfo, workers: int, limits: Limits) -> queue.Queu
     return confinements
 
 
+def _check_isolation(info: SandboxInfo, limits: Limits, allowed: bool, where: str) -> None:
+    weak = info.weaknesses(limits.isolate_network)
+    if weak and not allowed:
+        raise GradeError(
+            f"{where} cannot confine submissions as the teacher guide promises ("
+            f"{'; '.join(weak)}): grade inside a container or VM, or pass "
+            "--allow-weak-isolation to grade anyway"
+        )
+
+
 def grade_class(
     paths: Iterable[Path | str],
     out: Path | str | None = "grades/grades.csv",
@@ -214,6 +260,7 @@ def grade_class(
     progress: bool = True,
     on_result: Callable[[SubmissionResult], None] | None = None,
     allow_weak_isolation: bool = False,
+    ray: bool | str = False,
 ) -> ClassResults:
     """Grade every notebook under ``paths`` and write the gradebook and feedback.
 
@@ -222,7 +269,8 @@ def grade_class(
         out: the CSV gradebook; the results cache is written beside it
             (``grades/grades.csv`` -> ``grades/grades.cache.jsonl``). None writes neither.
         feedback: folder for one Markdown file per submission (``<student>/<lesson>.md``).
-        workers: submissions run at once.
+        workers: submissions run at once on this machine (not used with ``ray``: there each
+            submission takes one CPU of the cluster).
         limits: limits on each submission's run.
         seed: seeds the cases every exercise is tried on; default: the seed of the previous
             run recorded in the cache, else a fresh random one.
@@ -230,15 +278,19 @@ def grade_class(
         fresh: ignore cached results (regrade everything).
         progress: show a progress bar on stderr.
         on_result: called with each finished submission (from worker threads).
-        allow_weak_isolation: grade even where this machine confines submissions less than
-            the teacher guide promises (``SandboxInfo.weaknesses``).
+        allow_weak_isolation: grade even where this machine (or a Ray node) confines
+            submissions less than the teacher guide promises (``SandboxInfo.weaknesses``).
+        ray: run the submissions on a Ray cluster (``course.grading.cluster``): ``True`` for
+            ``ray.init()``'s default, or the head's ``"HOST:PORT"``. The results, gradebook,
+            feedback and cache are those of a local run with the same seed.
 
     Returns:
         The results, sorted by student, lesson and notebook path.
 
     Raises:
-        GradeError: no notebook was found, an option is invalid, or the confinement is
-            weaker than promised and ``allow_weak_isolation`` is not set.
+        GradeError: no notebook was found, an option is invalid, the confinement is weaker
+            than promised and ``allow_weak_isolation`` is not set, or the Ray cluster cannot
+            be used.
     """
     notebooks = find_notebooks(paths)
     if not notebooks:
@@ -247,14 +299,47 @@ def grade_class(
         raise GradeError(f"--workers is {workers}; it must be at least 1")
     if lesson is not None and lesson not in lessons():
         raise GradeError(f"unknown lesson {lesson!r}; graded lessons: {', '.join(lessons())}")
-    info = probe_sandbox(limits)
-    weak = info.weaknesses(limits.isolate_network)
-    if weak and not allow_weak_isolation:
-        raise GradeError(
-            "this machine cannot confine submissions as the teacher guide promises ("
-            f"{'; '.join(weak)}): grade inside a container or VM, or pass "
-            "--allow-weak-isolation to grade anyway"
-        )
+    cluster = None
+    if ray is not False:
+        from course.grading.cluster import RayGrader  # imports Ray: only when asked
+
+        cluster = RayGrader(None if ray is True or ray == "" else str(ray))
+    try:
+        if cluster is None:
+            nodes: dict[str, SandboxInfo] = {}
+            info = probe_sandbox(limits)
+            _check_isolation(info, limits, allow_weak_isolation, "this machine")
+        else:
+            nodes = cluster.probe(limits)
+            for name, node_info in nodes.items():
+                _check_isolation(node_info, limits, allow_weak_isolation, f"Ray node {name}")
+            info = max(nodes.values(), key=lambda i: len(i.weaknesses(limits.isolate_network)))
+        return _grade_all(
+            notebooks, out, feedback, workers, limits, seed, lesson, fresh, progress,
+            on_result, info, nodes, cluster, allow_weak_isolation,
+        )  # fmt: skip
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _grade_all(
+    notebooks: list[Path],
+    out: Path | str | None,
+    feedback: Path | str | None,
+    workers: int,
+    limits: Limits,
+    seed: int | None,
+    lesson: str | None,
+    fresh: bool,
+    progress: bool,
+    on_result: Callable[[SubmissionResult], None] | None,
+    info: SandboxInfo,
+    nodes: dict[str, SandboxInfo],
+    cluster: RayGrader | None,
+    allow_weak_isolation: bool,
+) -> ClassResults:
+    """``grade_class`` once the sandbox is known: cache, dispatch, gradebook and feedback."""
     for name, where in (("--out", out), ("--feedback", feedback)):
         readable = where is not None and readable_by_submissions(Path(where))
         if readable:
@@ -271,29 +356,53 @@ def grade_class(
         cache.append({"seed": seed})
         cache.seed = seed
     fingerprint = course_fingerprint()
-    confinements = _confinements(info, workers, limits)
 
-    def one(path: Path) -> tuple[SubmissionResult, bool]:
-        key = None
-        if cache is not None and not fresh:
-            with contextlib.suppress(OSError):
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
-                key = cache_key(digest, seed, fingerprint, limits, lesson)
-                cached = cache.get(key)
-                if cached is not None:
-                    with contextlib.suppress(KeyError, TypeError, ValueError):
-                        found = SubmissionResult.from_json(cached)
-                        found.notebook, found.student = str(path), student_of(path)
-                        return found, True
-        confinement = confinements.get()
-        try:
-            result = grade_notebook(path, seed, limits, confinement, lesson)
-        finally:
-            confinements.put(confinement)
-        if cache is not None:
-            key = cache_key(result.sha256, seed, fingerprint, limits, lesson)
-            cache.put(key, result.to_json())
-        return result, False
+    def cached(path: Path) -> SubmissionResult | None:
+        if cache is None or fresh:
+            return None
+        with contextlib.suppress(OSError):
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            found = cache.get(cache_key(digest, seed, fingerprint, limits, lesson))
+            if found is not None:
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    result = SubmissionResult.from_json(found)
+                    result.notebook, result.student = str(path), student_of(path)
+                    return result
+        return None
+
+    def store(result: SubmissionResult) -> None:
+        if cache is not None:  # the key is this machine's alone: workers only send results
+            cache.put(cache_key(result.sha256, seed, fingerprint, limits, lesson), result.to_json())
+
+    def finished() -> Iterator[tuple[SubmissionResult, bool]]:
+        if cluster is None:
+            confinements = _confinements(info, workers, limits)
+
+            def one(path: Path) -> tuple[SubmissionResult, bool]:
+                found = cached(path)
+                if found is not None:
+                    return found, True
+                confinement = confinements.get()
+                try:
+                    result = grade_notebook(path, seed, limits, confinement, lesson)
+                finally:
+                    confinements.put(confinement)
+                store(result)
+                return result, False
+
+            with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+                yield from pool.map(one, notebooks)
+            return
+        todo = []
+        for path in notebooks:
+            found = cached(path)
+            if found is not None:
+                yield found, True
+            else:
+                todo.append((path, student_of(path)))
+        for result in cluster.grade(todo, seed, limits, lesson, allow_weak_isolation):
+            store(result)
+            yield result, False
 
     from tqdm.auto import tqdm
 
@@ -302,17 +411,17 @@ def grade_class(
     bar = tqdm(
         total=len(notebooks), desc="grading", unit="notebook", disable=not progress, file=sys.stderr
     )
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for result, was_cached in pool.map(one, notebooks):
-            results.append(result)
-            reused += was_cached
-            bar.update()
-            if on_result is not None:
-                on_result(result)
+    for result, was_cached in finished():
+        results.append(result)
+        reused += was_cached
+        bar.update()
+        if on_result is not None:
+            on_result(result)
     bar.close()
     results.sort(key=lambda r: (r.student, r.lesson, r.notebook))
     if out is not None:
         write_gradebook(results, Path(out))
     if feedback is not None:
         write_feedback(results, Path(feedback))
-    return ClassResults(results, seed, info, reused)
+    graded_on = dict(cluster.graded_on) if cluster is not None else {}
+    return ClassResults(results, seed, info, reused, nodes, graded_on)

@@ -16,6 +16,7 @@ import pwd
 import re
 import signal
 import site
+import socket
 import stat
 import subprocess
 import sys
@@ -147,7 +148,7 @@ def _others_can_read(path: Path) -> bool:
 
 
 def free_uids(n: int) -> list[int]:
-    """``n`` user ids with no account and no running process, for submissions."""
+    """``n`` user ids with no account, no running process and no lease, for submissions."""
     busy = {_process_uid(pid) for pid in _pids()}
     uids: list[int] = []
     uid = FIRST_UID
@@ -155,10 +156,49 @@ def free_uids(n: int) -> list[int]:
         try:
             pwd.getpwuid(uid)
         except KeyError:
-            if uid not in busy:
+            if uid not in busy and (uid in _LEASES or not _leased_elsewhere(uid)):
                 uids.append(uid)
         uid += 1
     return uids
+
+
+# Dedicated users leased by this process (``lease_uid``): each lease is an abstract Unix socket
+# bound under the user's name, held while this process lives, seen by every process of the
+# machine (of its network namespace) and released by the kernel when this process ends.
+_LEASES: dict[int, socket.socket] = {}
+
+
+def _lease_name(uid: int) -> str:
+    return f"\0course-grade-uid-{uid}"
+
+
+def _leased_elsewhere(uid: int) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(_lease_name(uid))
+        except OSError:
+            return True
+    return False
+
+
+def lease_uid() -> int | None:
+    """A dedicated user id for this process alone, held until it ends (None if none is free).
+
+    Grading processes that run side by side on one machine (the workers of a Ray node) lease
+    their users, so that two runs never share one: ending a run kills every process of its user.
+    """
+    for uid in free_uids(1000):
+        if uid in _LEASES:
+            continue
+        lease = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            lease.bind(_lease_name(uid))
+        except OSError:  # leased by another process since
+            lease.close()
+            continue
+        _LEASES[uid] = lease
+        return uid
+    return None
 
 
 def _pids() -> list[int]:
@@ -181,7 +221,7 @@ def _process_uid(pid: int, live_only: bool = False) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _can_use_dedicated_users() -> bool:
+def can_use_dedicated_users() -> bool:
     """Whether an unprivileged user could run Python and the course (grader as root)."""
     import torch
 
@@ -193,9 +233,16 @@ def _can_use_dedicated_users() -> bool:
     )
 
 
-def probe_sandbox(limits: Limits) -> SandboxInfo:
-    """Start a confined child without student code and look at what it got."""
-    uids = free_uids(1) if _can_use_dedicated_users() else []
+def probe_sandbox(limits: Limits, uids: Sequence[int] | None = None) -> SandboxInfo:
+    """Start a confined child without student code and look at what it got.
+
+    Args:
+        limits: the limits of the runs to come.
+        uids: the dedicated user to try the probe as (default: a free one, where the grader
+            runs as root); ``[]`` tries none.
+    """
+    if uids is None:
+        uids = free_uids(1) if can_use_dedicated_users() else []
     for uid in [*uids[:1], None]:
         got = _probe(limits, uid)
         if got is not None:

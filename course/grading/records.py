@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from course.grading.core import (
     CheckResult,
+    lesson_exercises,
 )
 
 # Submission statuses: the first three ran the notebook, the rest never started it.
@@ -87,6 +88,10 @@ class SubmissionResult:
 
     @classmethod
     def from_json(cls, data: dict) -> SubmissionResult:
+        """The result ``to_json`` gave, its exercises in the lesson's order again (the cache
+        stores them with sorted keys, and the feedback lists them in order)."""
+        order = {ex.id: i for i, ex in enumerate(lesson_exercises(str(data["lesson"])))}
+        ids = sorted(data["exercises"], key=lambda i: order.get(i, len(order)))
         return cls(
             notebook=data["notebook"],
             student=data["student"],
@@ -100,7 +105,7 @@ class SubmissionResult:
                     max_score=int(r["max_score"]),
                     message=r["message"],
                 )
-                for i, r in data["exercises"].items()
+                for i, r in ((i, data["exercises"][i]) for i in ids)
             ],
             notes=list(data.get("notes", [])),
             cell_errors=list(data.get("cell_errors", [])),
@@ -207,6 +212,23 @@ class ClassResults:
     seed: int
     sandbox: SandboxInfo
     reused: int = 0
+    nodes: dict[str, SandboxInfo] = field(default_factory=dict)  # Ray node -> its confinement
+    graded_on: dict[str, int] = field(default_factory=dict)  # Ray node -> notebooks it ran
+
+    def isolation(self) -> str:
+        """What confined the submissions: this machine's sandbox, or each Ray node's."""
+        if not self.nodes:
+            return self.sandbox.describe()
+        n = len(self.nodes)
+        described = {name: info.describe() for name, info in self.nodes.items()}
+        counts = " + ".join(str(self.graded_on.get(name, 0)) for name in sorted(self.nodes))
+        where = (
+            f"graded on {n} Ray node{'s' * (n > 1)} ({counts} notebooks), "
+            f"{'each ' * (n > 1)}probed first"
+        )
+        if len(set(described.values())) == 1:
+            return f"{where}: {next(iter(described.values()))}"
+        return f"{where}: " + " | ".join(f"{k}: {v}" for k, v in sorted(described.items()))
 
     def counts(self) -> dict[str, int]:
         graded = sum(s.status == GRADED for s in self.submissions)
@@ -222,5 +244,5 @@ class ClassResults:
         return (
             f"{len(self.submissions)} notebooks: {c['graded']} graded, {c['failed to run']} "
             f"failed to run, {c['timed out']} timed out ({self.reused} reused from an earlier "
-            f"run); seed {self.seed}; {self.sandbox.describe()}."
+            f"run); seed {self.seed}; {self.isolation()}."
         )
