@@ -199,7 +199,7 @@ def plot_dqn_curves(
 ) -> Figure:
     """Learning curves with their confidence bands, one per agent, against environment steps.
 
-    Taught in Lesson 03. The bands come from `course.evaluation.curve_ci` over seeds.
+    Taught in Lesson 03. The bands come from `course.evaluation.curve_band` over seeds.
 
     Args:
         steps: Environment steps of the measurements, ``[T]``.

@@ -359,8 +359,8 @@ def test_train_loop_learns_the_chain_and_reports_its_episodes():
     assert np.abs(q[:4] - _chain_q_star(5, 0.9)[:4]).max() < 0.05
 
 
-def test_train_population_is_the_same_loop_as_train_loop_on_cartpole():
-    """Same settings, different draws: the two agree in distribution (a loose sanity bar)."""
+def test_episode_curve_reads_the_episodes_train_dqn_reports():
+    """The lesson's curves of train_dqn: every window of a short run holds an episode."""
     from course.dqn import episode_curve
 
     config = dataclasses.replace(
@@ -443,3 +443,33 @@ def test_stored_cartpole_record_is_reproduced_by_the_current_code():
     again = train_dqn(DQNConfig(), seeds=[seed])
     assert torch.equal(again.steps, record["steps"])
     assert again.eval_mean[0].tolist() == record["eval_mean"][0].tolist()
+
+
+def test_train_dqn_with_train_loops_settings_learns_the_same_chain():
+    """The same loop, batched: on the check's chain train_dqn also comes within 0.1 of Q*."""
+    from course.grading.exercises.dqn import _chain_q_star, _ChainEnv
+
+    config = DQNConfig(
+        total_steps=1_200,
+        num_envs=4,
+        hidden=(32,),
+        lr=1e-2,
+        lr_end_fraction=1.0,
+        gamma=0.9,
+        buffer_size=2_000,
+        batch_size=32,
+        learning_starts=100,
+        updates_per_step=0.25,  # one update per vector step of 4 copies, as train_every=1
+        target_update_interval=10,
+        double_dqn=False,
+        eps_end=0.1,
+        exploration_fraction=0.5,
+        max_grad_norm=float("inf"),
+        eval_every=1_200,
+        eval_episodes=2,
+    )
+    run = train_dqn(config, seeds=[0, 1, 2], make_env=lambda n: _ChainEnv(n, 5, 6, seed=n))
+    q_star = _chain_q_star(5, 0.9)
+    for agent in range(3):
+        q = run.network(agent)(torch.eye(5)).detach().numpy()
+        assert np.abs(q[:4] - q_star[:4]).max() < 0.1
