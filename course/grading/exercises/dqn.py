@@ -1474,7 +1474,10 @@ def _loop_variant(
     seed: int = 0,
     mistake: str = "",
 ) -> list[tuple[int, float]]:
-    """The reference loop with one classic mistake switched on (for the hints)."""
+    """The reference loop with one classic mistake switched on (for the hints).
+
+    Written from the check's own pieces: the library's are hidden while Lesson 03 is graded.
+    """
     n_envs = envs.num_envs
     obs, _ = envs.reset(seed=seed)
     prev_done = np.zeros(n_envs, dtype=bool)
@@ -1484,7 +1487,10 @@ def _loop_variant(
         eps = {"greedy": 0.0, "no_decay": epsilon_schedule(0), "vector": epsilon_schedule(t)}
         with torch.no_grad():
             q_values = q_net(torch.as_tensor(obs))
-        actions = ref.epsilon_greedy(q_values, eps.get(mistake, epsilon_schedule(step)), generator)
+        epsilon = eps.get(mistake, epsilon_schedule(step))
+        explore = torch.rand(n_envs, generator=generator) < epsilon
+        random_actions = torch.randint(q_values.shape[1], (n_envs,), generator=generator)
+        actions = torch.where(explore, random_actions, q_values.argmax(-1))
         next_obs, rewards, terminated, truncated, _ = envs.step(actions.numpy())
         real = np.ones(n_envs, dtype=bool) if mistake == "fake" else ~prev_done
         flag = terminated | truncated if mistake == "done_flag" else terminated
@@ -1499,16 +1505,15 @@ def _loop_variant(
         starts = mistake == "early" or step >= learning_starts
         if starts and (mistake == "every_step" or t % train_every == 0):
             batch = buffer.sample(batch_size, generator)
-            if mistake == "no_mask":
-                batch = batch._replace(terminated=torch.zeros_like(batch.terminated))
-            ref.dqn_update(q_net, target_net, optimizer, batch, gamma)
+            update = "no_mask" if mistake == "no_mask" else ""
+            _update_variant(q_net, target_net, optimizer, batch, gamma, mistake=update)
             n_updates += 1
             if mistake == "sync_every" or (
                 mistake not in ("no_sync", "sync_steps") and n_updates % target_sync_every == 0
             ):
-                ref.soft_update(target_net, q_net, 1.0)
+                target_net.load_state_dict(q_net.state_dict())
         if mistake == "sync_steps" and (t + 1) % target_sync_every == 0:
-            ref.soft_update(target_net, q_net, 1.0)
+            target_net.load_state_dict(q_net.state_dict())
     return episodes
 
 
@@ -1526,7 +1531,7 @@ class TrainLoop(_DQNExercise):
     uses_optimizer = True
     parts = {"replay": 1, "updates and target": 1, "learning": 1}
     time_limit = 10.0  # wall seconds per case; a case takes about 0.3 s of CPU
-    q_tol = 0.15  # correct loops reach max |Q - Q*| < 0.06 on these cases (tests/test_grading_dqn)
+    q_tol = 0.15  # the reference reaches max |Q - Q*| < 0.01 on these cases (seeds 0-9)
     # share of non-greedy actions, early (epsilon near 1) and late (epsilon 0.1) in training:
     # standard errors about 0.05 and 0.015 here
     eps_tol = {"early_explore": 0.2, "late_explore": 0.1}
@@ -1649,10 +1654,10 @@ class TrainLoop(_DQNExercise):
         fixed = [
             ("2 copies, short episodes", "replay", 2, 4, 3, 200, 50, 1, 10),
             ("4 copies, time limit 5", "replay", 4, 5, 5, 240, 40, 2, 5),
-            ("an update every vector step", "updates and target", 4, 5, 6, 480, 160, 1, 10),
-            ("an update every 3 vector steps", "updates and target", 3, 5, 6, 480, 120, 3, 4),
-            ("learning Q*, 4 copies", "learning", 4, 5, 6, 600, 100, 1, 10),
-            ("learning Q*, 3 copies, a longer chain", "learning", 3, 6, 8, 600, 100, 1, 10),
+            ("an update every vector step", "updates and target", 4, 5, 6, 400, 120, 1, 10),
+            ("an update every 3 vector steps", "updates and target", 3, 5, 6, 420, 90, 3, 4),
+            ("learning Q*, 4 copies", "learning", 4, 5, 6, 400, 80, 1, 10),
+            ("learning Q*, 3 copies, a longer chain", "learning", 3, 6, 8, 450, 90, 1, 10),
         ]
         out = []
         for label, part, copies, cells, limit, steps, starts, every, sync in fixed:
@@ -1739,7 +1744,9 @@ class _EpsilonSchedule:
         self.start, self.end, self.duration = start, end, duration
 
     def __call__(self, step: int) -> float:
-        return ref.linear_schedule(self.start, self.end, self.duration, int(step))
+        # not ref.linear_schedule: the library's is hidden while Lesson 03 is graded
+        frac = min(max(float(step), 0.0) / self.duration, 1.0)
+        return self.start + frac * (self.end - self.start)
 
 
 def _episode_returns(result: Any) -> list[float] | str:
