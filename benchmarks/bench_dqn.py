@@ -21,6 +21,11 @@ Usage::
     .venv/bin/python benchmarks/bench_dqn.py                # full: 5 seeds, ours and SB3
     .venv/bin/python benchmarks/bench_dqn.py --quick        # 2 seeds, no SB3
     .venv/bin/python benchmarks/bench_dqn.py --skip-sb3 --set "hidden=(512,)"   # another config
+    .venv/bin/python benchmarks/bench_dqn.py --write-record   # the run Lesson 03 plots
+
+``--write-record`` trains the default configuration on seeds 0-4 (``course.dqn.cartpole_record``)
+and writes its curves, config and seeds to ``benchmarks/results/dqn_cartpole.json``
+(``course.dqn.CARTPOLE_RECORD``); ``tests/test_dqn.py`` regenerates seed 0 and compares.
 
 stable-baselines3 is a benchmark-only dependency (``pip install stable-baselines3``).
 
@@ -58,12 +63,20 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import json
 import time
 
 import numpy as np
 import torch
 
-from course.dqn import DQNConfig, cartpole_vec, evaluate, train_dqn
+from course.dqn import (
+    CARTPOLE_RECORD,
+    DQNConfig,
+    cartpole_record,
+    cartpole_vec,
+    evaluate,
+    train_dqn,
+)
 from course.evaluation import evaluate_policy
 
 SOLVED = 475.0
@@ -189,7 +202,17 @@ def main() -> None:
     parser.add_argument("--skip-sb3", action="store_true", help="do not run stable-baselines3")
     parser.add_argument("--skip-solo", action="store_true", help="skip the one-seed-alone run")
     parser.add_argument("--curves", action="store_true", help="print evaluation curves")
+    parser.add_argument(
+        "--write-record", action="store_true", help="write the stored run Lesson 03 plots"
+    )
     args = parser.parse_args()
+    if args.write_record:
+        torch.set_num_threads(1)
+        record = cartpole_record(args.seeds)
+        CARTPOLE_RECORD.parent.mkdir(parents=True, exist_ok=True)
+        CARTPOLE_RECORD.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {CARTPOLE_RECORD}")
+        return
     if args.quick:
         args.seeds, args.skip_sb3, args.skip_solo = [0, 1], True, True
     torch.set_num_threads(1)

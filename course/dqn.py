@@ -13,10 +13,13 @@ tensors).
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 import torch.nn.functional as F
 from gymnasium.vector import VectorEnv
@@ -35,11 +38,12 @@ from course.population import (
     network_sizes,
     train_population,
 )
-from course.replay import Batch
+from course.replay import Batch, ReplayBuffer
 
 __all__ = [
     "DQNConfig",
     "DQNResult",
+    "NoisyRewards",
     "PopulationQNetwork",
     "QNetwork",
     "cartpole_vec",
@@ -49,11 +53,18 @@ __all__ = [
     "double_td_target",
     "dqn_loss",
     "dqn_update",
+    "episode_curve",
     "epsilon_greedy",
+    "first_reached",
+    "value_bias",
+    "cartpole_record",
+    "load_record",
+    "CARTPOLE_RECORD",
     "linear_schedule",
     "real_transitions",
     "soft_update",
     "td_target",
+    "train_loop",
 ]
 
 
@@ -284,6 +295,92 @@ def dqn_update(
         nn.utils.clip_grad_norm_(q_net.parameters(), max_grad_norm)
     optimizer.step()
     return float(loss.detach())
+
+
+def train_loop(
+    envs: VectorEnv,
+    q_net: nn.Module,
+    target_net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    buffer: ReplayBuffer,
+    total_steps: int,
+    *,
+    gamma: float,
+    epsilon_schedule: Callable[[int], float],
+    learning_starts: int,
+    train_every: int,
+    target_sync_every: int,
+    batch_size: int,
+    generator: torch.Generator,
+    seed: int = 0,
+) -> list[tuple[int, float]]:
+    """DQN's training loop on a vector env with next-step autoreset, for one agent.
+
+    Taught in Lesson 03, where the student writes it from the pieces above. With ``E =
+    envs.num_envs`` copies, it makes ``total_steps // E`` vector steps; before vector step ``t``
+    the agent has taken ``step = t * E`` environment steps (summed over the copies), and:
+
+    1. acts epsilon-greedily on ``q_net`` (:func:`epsilon_greedy`, ``epsilon =
+       epsilon_schedule(step)``, randomness from ``generator``) and steps ``envs``;
+    2. stores only the real transitions (:func:`real_transitions` of the previous step's
+       ``terminated | truncated``) in ``buffer``, with ``terminated`` (not ``truncated``) as the
+       end flag;
+    3. if ``step >= learning_starts`` and ``t % train_every == 0``: one :func:`dqn_update`
+       (plain DQN target, no clipping) on ``buffer.sample(batch_size, generator=generator)``;
+    4. after every ``target_sync_every``-th update, a hard copy of ``q_net`` into
+       ``target_net`` (:func:`soft_update` with ``tau = 1``).
+
+    :func:`course.population.train_population` is this loop batched over seeds (with
+    ``updates_per_step = 1 / (E * train_every)``, a constant learning rate, no clipping).
+
+    Args:
+        envs: Vector env (next-step autoreset), observations ``[E, D]``, Discrete actions.
+        q_net: Online network ``[B, D] -> [B, A]``, trained in place.
+        target_net: Target network of the same shape, synced in place.
+        optimizer: Optimizer over ``q_net``'s parameters.
+        buffer: Replay buffer the transitions go to.
+        total_steps: Environment steps, summed over the copies.
+        gamma: Discount factor.
+        epsilon_schedule: ``epsilon_schedule(step) -> epsilon``, ``step`` in environment steps.
+        learning_starts: Environment steps before the first update.
+        train_every: Vector steps between updates.
+        target_sync_every: Updates between hard copies into ``target_net``.
+        batch_size: Transitions per update.
+        generator: The one source of randomness of acting and sampling.
+        seed: Seed of ``envs.reset``.
+
+    Returns:
+        One ``(step, return)`` pair per finished training episode, in the order they ended:
+        ``step`` is the number of environment steps taken when it ended.
+    """
+    n_envs = envs.num_envs
+    obs, _ = envs.reset(seed=seed)
+    prev_done = torch.zeros(n_envs, dtype=torch.bool)
+    running = torch.zeros(n_envs, dtype=torch.float64)
+    episodes: list[tuple[int, float]] = []
+    n_updates = 0
+    for t in range(total_steps // n_envs):
+        step = t * n_envs
+        with torch.no_grad():
+            q_values = q_net(torch.as_tensor(obs, dtype=torch.float32))
+        actions = epsilon_greedy(q_values, epsilon_schedule(step), generator)
+        next_obs, rewards, terminated, truncated, _ = envs.step(actions.numpy())
+        real = real_transitions(prev_done).numpy()
+        buffer.add(
+            obs[real], actions.numpy()[real], rewards[real], next_obs[real], terminated[real]
+        )
+        done = torch.as_tensor(terminated | truncated)
+        running += torch.as_tensor(rewards, dtype=torch.float64) * torch.as_tensor(real)
+        for i in done.nonzero().flatten().tolist():
+            episodes.append((step + n_envs, float(running[i])))
+            running[i] = 0.0
+        prev_done, obs = done, next_obs
+        if step >= learning_starts and t % train_every == 0:
+            dqn_update(q_net, target_net, optimizer, buffer.sample(batch_size, generator), gamma)
+            n_updates += 1
+            if n_updates % target_sync_every == 0:
+                soft_update(target_net, q_net, tau=1.0)
+    return episodes
 
 
 class QNetwork(nn.Module):
@@ -581,3 +678,176 @@ def evaluate(
         return evaluate_policy(lambda obs: q_net(obs).argmax(dim=-1), env, n_episodes, seed, device)
     finally:
         env.close()
+
+
+class NoisyRewards(gym.vector.VectorWrapper):
+    """Adds Gaussian noise of mean 0 to every reward of a vector env (Q* does not change).
+
+    Taught in Lesson 03: noisy rewards make the ``max`` of the DQN target overestimate, the bias
+    Double DQN reduces. The noise generator is seeded by ``reset(seed=...)`` (and by ``seed``
+    before the first seeded reset), so a seeded run is reproducible.
+
+    Args:
+        env: The vector env to wrap.
+        std: Standard deviation of the noise.
+        seed: Seed of the noise before the first seeded reset.
+    """
+
+    def __init__(self, env: VectorEnv, std: float, seed: int = 0) -> None:
+        super().__init__(env)
+        if not std >= 0:
+            raise ValueError(f"std={std!r}; the noise's standard deviation must be >= 0")
+        self.std = float(std)
+        self._rng = np.random.default_rng(seed)
+
+    def reset(self, *, seed: Any = None, options: Any = None) -> tuple[Any, dict]:
+        if seed is not None:
+            first = seed if isinstance(seed, int) else int(np.asarray(seed).reshape(-1)[0])
+            self._rng = np.random.default_rng([first, 0x5EED])
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, actions: Any) -> tuple[Any, Any, Any, Any, dict]:
+        obs, rewards, terminated, truncated, info = self.env.step(actions)
+        noise = self._rng.normal(0.0, self.std, np.shape(rewards))
+        return obs, np.asarray(rewards) + noise, terminated, truncated, info
+
+
+def episode_curve(
+    episode_steps: Sequence[int] | torch.Tensor,
+    episode_returns: Sequence[float] | torch.Tensor,
+    edges: Sequence[int],
+) -> torch.Tensor:
+    """Mean return of the training episodes that ended in each window of steps.
+
+    Taught in Lesson 03 (the learning curve of a training loop that reports its episodes).
+
+    Args:
+        episode_steps: Step at which each episode ended ``[K]``.
+        episode_returns: Return of each episode ``[K]``.
+        edges: Window boundaries ``[T + 1]``, increasing; window ``i`` holds the episodes with
+            ``edges[i] < step <= edges[i + 1]``.
+
+    Returns:
+        ``[T]`` float64, nan for a window in which no episode ended.
+
+    Example:
+        >>> episode_curve([10, 20, 35], [1.0, 3.0, 5.0], [0, 20, 40])
+        tensor([2., 5.], dtype=torch.float64)
+    """
+    steps = torch.as_tensor(episode_steps, dtype=torch.float64).reshape(-1)
+    returns = torch.as_tensor(episode_returns, dtype=torch.float64).reshape(-1)
+    if steps.shape != returns.shape:
+        raise ValueError(
+            f"{steps.numel()} episode steps but {returns.numel()} returns; give one of each"
+        )
+    edges_t = torch.as_tensor(edges, dtype=torch.float64)
+    if edges_t.numel() < 2 or bool((edges_t.diff() <= 0).any()):
+        raise ValueError("edges must hold at least two increasing window boundaries")
+    window = torch.bucketize(steps, edges_t, right=False) - 1  # edges[i] < step <= edges[i+1]
+    out = torch.full((edges_t.numel() - 1,), float("nan"), dtype=torch.float64)
+    for i in range(out.numel()):
+        chosen = returns[window == i]
+        if chosen.numel():
+            out[i] = chosen.mean()
+    return out
+
+
+#: The stored CartPole-v1 run of the default configuration (written by benchmarks/bench_dqn.py).
+CARTPOLE_RECORD = Path(__file__).resolve().parent.parent / "benchmarks/results/dqn_cartpole.json"
+
+
+def cartpole_record(seeds: Sequence[int], config: DQNConfig = DQNConfig()) -> dict[str, Any]:
+    """Train :func:`train_dqn` on CartPole-v1 and return its greedy curves as JSON-ready data.
+
+    Taught in Lesson 03, which plots the stored record of the default configuration (a run too
+    long for the lesson's budget); a test regenerates one of its seeds and compares. Each seed
+    is trained alone, so that any one of them can be regenerated bit for bit.
+
+    Args:
+        seeds: Seeds of the agents.
+        config: Hyperparameters (default: the library's, tuned to solve CartPole-v1).
+
+    Returns:
+        ``{"config", "seeds", "steps" [T], "eval_mean" [N][T], "threshold"}``; ``eval_mean`` is
+        the mean greedy return of ``config.eval_episodes`` episodes at each evaluation.
+    """
+    # each seed alone: a population of one reproduces bit for bit, whereas the batched
+    # products of a larger population may round differently from those of a smaller one
+    runs = [train_dqn(config, seeds=[seed]) for seed in seeds]
+    return {
+        "description": "train_dqn on CartPole-v1: greedy evaluation mean per seed",
+        "config": json.loads(json.dumps(dataclasses.asdict(config))),
+        "seeds": [int(s) for s in seeds],
+        "steps": runs[0].steps.tolist(),
+        "eval_mean": [run.eval_mean[0].tolist() for run in runs],
+        "threshold": 475.0,
+    }
+
+
+def load_record(path: str | Path = CARTPOLE_RECORD) -> dict[str, Any]:
+    """Read a record written from :func:`cartpole_record` (tensors for ``steps``, ``eval_mean``).
+
+    Raises:
+        FileNotFoundError: If the file is missing (``benchmarks/bench_dqn.py --write-record``
+            writes it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing; write it with `python benchmarks/bench_dqn.py --write-record`"
+        )
+    record = json.loads(path.read_text())
+    record["steps"] = torch.tensor(record["steps"])
+    record["eval_mean"] = torch.tensor(record["eval_mean"], dtype=torch.float64)
+    return record
+
+
+def value_bias(q: torch.Tensor, q_star: torch.Tensor, terminal: torch.Tensor) -> float:
+    """Mean of ``max_a Q(s, a) - V*(s)`` over the non-terminal states: > 0 is overestimation.
+
+    Taught in Lesson 03 (what Double DQN is meant to reduce).
+
+    Args:
+        q: Learned action values ``[S, A]``.
+        q_star: Exact optimal action values ``[S, A]``.
+        terminal: ``[S]`` bool; terminal states are left out (nothing is learned there).
+
+    Returns:
+        The mean bias of the learned state values.
+
+    Example:
+        >>> q, q_star = torch.tensor([[1.5, 0.0], [9.0, 0.0]]), torch.tensor([[1.0, 0.5], [0, 0]])
+        >>> value_bias(q, q_star, terminal=torch.tensor([False, True]))
+        0.5
+    """
+    q = torch.as_tensor(q).detach().cpu().double()
+    q_star = torch.as_tensor(q_star).detach().cpu().double()
+    if q.shape != q_star.shape:
+        raise ValueError(f"q has shape {tuple(q.shape)} but q_star {tuple(q_star.shape)}")
+    keep = ~torch.as_tensor(terminal).cpu().bool()
+    return float((q.max(-1).values - q_star.max(-1).values)[keep].mean())
+
+
+def first_reached(steps: torch.Tensor, curves: torch.Tensor, threshold: float) -> list[int | None]:
+    """Per curve, the first step whose value is at least ``threshold`` (None: never).
+
+    Taught in Lesson 03 (when each seed of the stored CartPole run first scored 475).
+
+    Args:
+        steps: Steps of the measurements ``[T]``.
+        curves: One curve per run ``[N, T]``.
+        threshold: The level to reach.
+
+    Returns:
+        ``N`` steps (or None).
+
+    Example:
+        >>> first_reached(torch.tensor([0, 10, 20]), torch.tensor([[1.0, 5.0, 9.0], [0, 0, 1]]), 5)
+        [10, None]
+    """
+    steps, curves = torch.as_tensor(steps), torch.as_tensor(curves)
+    out: list[int | None] = []
+    for curve in curves:
+        hit = (curve >= threshold).nonzero().flatten()
+        out.append(int(steps[hit[0]]) if hit.numel() else None)
+    return out

@@ -180,7 +180,12 @@ def plot_replay_curves(
 # =============================================================================================
 
 #: Colours of the agents compared in Lesson 03.
-_DQN_COLOURS = {"DQN": "#cf222e", "Double DQN": "#0969da"}
+_DQN_COLOURS = {
+    "DQN": "#cf222e",
+    "Double DQN": "#0969da",
+    "your loop": "#1a7f37",
+    "train_dqn": "#8250df",
+}
 
 
 def plot_dqn_curves(
@@ -194,7 +199,7 @@ def plot_dqn_curves(
 ) -> Figure:
     """Learning curves with their confidence bands, one per agent, against environment steps.
 
-    Taught in Lesson 03. The bands come from `course.evaluation.curve_ci` over seeds.
+    Taught in Lesson 03. The bands come from `course.evaluation.curve_band` over seeds.
 
     Args:
         steps: Environment steps of the measurements, ``[T]``.
@@ -226,6 +231,7 @@ def plot_q_comparison(
     q: torch.Tensor,
     q_star: torch.Tensor,
     figsize: tuple[float, float] = (10.0, 3.2),
+    terminal: torch.Tensor | None = None,
 ) -> Figure:
     """Three grids: ``max_a Q*`` with the optimal policy, ``max_a Q`` with its greedy policy,
     and the largest error ``max_a |Q - Q*|`` per state.
@@ -237,6 +243,8 @@ def plot_q_comparison(
         q: Learned action values ``[S, A]``.
         q_star: Exact optimal action values ``[S, A]``.
         figsize: Size of the figure.
+        terminal: ``[S]`` bool: states left blank in the error map (nothing is learned there,
+            so their error would only set the colour scale).
 
     Returns:
         The figure.
@@ -261,9 +269,12 @@ def plot_q_comparison(
         title="learned: max_a Q(s, a)",
         annotate=False,
     )
+    error = (q - q_star).abs().max(-1).values
+    if terminal is not None:
+        error[torch.as_tensor(terminal).cpu().bool()] = float("nan")
     plot_values(
         mdp,
-        (q - q_star).abs().max(-1).values,
+        error,
         ax=axes[2],
         title="error: max_a |Q - Q*|",
         annotate=False,

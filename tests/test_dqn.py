@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import gymnasium as gym
 import numpy as np
@@ -319,3 +320,156 @@ def test_learning_rate_schedule_is_applied():
     baseline = train_dqn(TINY, seeds=[0])
     # a faster-decaying learning rate changes the trained weights
     assert not torch.equal(result.states[0]["head.weight"], baseline.states[0]["head.weight"])
+
+
+# --- the Lesson 03 additions: train_loop, episode_curve, NoisyRewards, value_bias, the record ----
+
+
+def test_train_loop_learns_the_chain_and_reports_its_episodes():
+    from course.dqn import train_loop
+    from course.grading.exercises.dqn import _chain_q_star, _ChainEnv
+
+    env = _ChainEnv(3, 5, 6, seed=4)
+    q_net = nn.Linear(5, 2, bias=False)
+    nn.init.zeros_(q_net.weight)
+    target = nn.Linear(5, 2, bias=False)
+    target.load_state_dict(q_net.state_dict())
+    from course.replay import ReplayBuffer
+
+    buffer = ReplayBuffer(2_000, (5,))
+    episodes = train_loop(
+        env,
+        q_net,
+        target,
+        torch.optim.SGD(q_net.parameters(), lr=4.0),
+        buffer,
+        900,
+        gamma=0.9,
+        epsilon_schedule=lambda step: linear_schedule(1.0, 0.1, 450, step),
+        learning_starts=90,
+        train_every=1,
+        target_sync_every=10,
+        batch_size=32,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert sorted(r for _, r in episodes) == sorted(env.returns)
+    assert [s for s, _ in episodes] == sorted(s for s, _ in episodes)
+    assert len(buffer) == len(env.real)  # the reset rows never reached the buffer
+    q = q_net(torch.eye(5)).detach().numpy()
+    assert np.abs(q[:4] - _chain_q_star(5, 0.9)[:4]).max() < 0.05
+
+
+def test_episode_curve_reads_the_episodes_train_dqn_reports():
+    """The lesson's curves of train_dqn: every window of a short run holds an episode."""
+    from course.dqn import episode_curve
+
+    config = dataclasses.replace(
+        TINY, total_steps=2_000, double_dqn=False, max_grad_norm=float("inf"), lr_end_fraction=1.0
+    )
+    run = train_dqn(config, seeds=[0, 1])
+    curves = [
+        episode_curve(run.episode_steps[a], run.episode_returns[a], [0, 1_000, 2_000])
+        for a in range(2)
+    ]
+    assert all(torch.isfinite(c).all() for c in curves)
+
+
+def test_episode_curve_windows_and_empty_windows():
+    from course.dqn import episode_curve
+
+    out = episode_curve([5, 10, 11, 30], [1.0, 3.0, 10.0, 4.0], [0, 10, 20, 30])
+    assert out[0] == 2.0 and out[1] == 10.0 and out[2] == 4.0
+    assert torch.isnan(episode_curve([5], [1.0], [0, 10, 20]))[1]
+    with pytest.raises(ValueError, match="one of each"):
+        episode_curve([1, 2], [1.0], [0, 10])
+    with pytest.raises(ValueError, match="increasing"):
+        episode_curve([1], [1.0], [10, 0])
+
+
+def test_noisy_rewards_keep_the_mean_and_are_reproducible():
+    from course.dqn import NoisyRewards
+
+    def rewards(seed: int) -> np.ndarray:
+        env = NoisyRewards(gym.make_vec("CartPole-v1", num_envs=8), std=2.0)
+        env.reset(seed=seed)
+        out = [env.step(np.zeros(8, dtype=np.int64))[1] for _ in range(5)]
+        env.close()
+        return np.stack(out)
+
+    a, b, c = rewards(0), rewards(0), rewards(1)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    noise = a[0] - 1.0  # CartPole pays 1 per step before any episode can end
+    assert noise.std() > 0.5 and abs(noise.mean()) < 2.0
+    with pytest.raises(ValueError, match="std"):
+        NoisyRewards(gym.make_vec("CartPole-v1", num_envs=1), std=-1.0)
+
+
+def test_value_bias_and_first_reached_by_hand():
+    from course.dqn import first_reached, value_bias
+
+    q_star = torch.tensor([[1.0, 0.5], [0.2, 0.4], [0.0, 0.0]])
+    q = torch.tensor([[1.2, 0.0], [0.0, 0.1], [7.0, 7.0]])
+    terminal = torch.tensor([False, False, True])
+    assert value_bias(q, q_star, terminal) == pytest.approx((0.2 - 0.3) / 2)
+    curves = torch.tensor([[0.0, 480.0, 400.0], [0.0, 0.0, 475.0], [1.0, 2.0, 3.0]])
+    assert first_reached(torch.tensor([0, 5, 10]), curves, 475) == [5, 10, None]
+
+
+def test_q_comparison_plot_leaves_terminal_cells_out_of_the_error_scale():
+    import course.envs  # noqa: F401  (registers course/GridFamily-v0)
+    from course.mdp import value_iteration
+    from course.plots import plot_q_comparison
+
+    env = gym.make_vec("course/GridFamily-v0", num_envs=1, vectorization_mode="vector_entry_point")
+    mdp = env.mdp()
+    _, q_star = value_iteration(mdp)
+    q = torch.as_tensor(q_star).clone()
+    q[mdp.terminal] = 50.0  # a terminal error must not set the colour scale
+    q[~mdp.terminal] += 0.1
+    fig = plot_q_comparison(mdp, q, q_star, terminal=mdp.terminal)
+    low, high = fig.axes[2].images[0].get_clim()
+    assert high == pytest.approx(0.1, abs=1e-6)
+
+
+def test_stored_cartpole_record_is_reproduced_by_the_current_code():
+    """The run Lesson 03 plots: its config is today's default, and seed 0 retrains to it."""
+    from course.dqn import load_record
+
+    record = load_record()
+    default = json.loads(json.dumps(dataclasses.asdict(DQNConfig())))
+    assert record["config"] == default
+    torch.set_num_threads(1)
+    seed = record["seeds"][0]
+    again = train_dqn(DQNConfig(), seeds=[seed])
+    assert torch.equal(again.steps, record["steps"])
+    assert again.eval_mean[0].tolist() == record["eval_mean"][0].tolist()
+
+
+def test_train_dqn_with_train_loops_settings_learns_the_same_chain():
+    """The same loop, batched: on the check's chain train_dqn also comes within 0.1 of Q*."""
+    from course.grading.exercises.dqn import _chain_q_star, _ChainEnv
+
+    config = DQNConfig(
+        total_steps=1_200,
+        num_envs=4,
+        hidden=(32,),
+        lr=1e-2,
+        lr_end_fraction=1.0,
+        gamma=0.9,
+        buffer_size=2_000,
+        batch_size=32,
+        learning_starts=100,
+        updates_per_step=0.25,  # one update per vector step of 4 copies, as train_every=1
+        target_update_interval=10,
+        double_dqn=False,
+        eps_end=0.1,
+        exploration_fraction=0.5,
+        max_grad_norm=float("inf"),
+        eval_every=1_200,
+        eval_episodes=2,
+    )
+    run = train_dqn(config, seeds=[0, 1, 2], make_env=lambda n: _ChainEnv(n, 5, 6, seed=n))
+    q_star = _chain_q_star(5, 0.9)
+    for agent in range(3):
+        q = run.network(agent)(torch.eye(5)).detach().numpy()
+        assert np.abs(q[:4] - q_star[:4]).max() < 0.1

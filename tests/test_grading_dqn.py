@@ -31,6 +31,7 @@ IDS = [
     "dqn.soft_update",
     "dqn.real_transitions",
     "dqn.dqn_update",
+    "dqn.train_loop",
 ]
 
 
@@ -683,3 +684,113 @@ def test_dqn_update_student_mistakes():
     result = check("dqn.dqn_update", clip_after_step)
     assert result.status == "failed" and result.score == 3  # the other parts still pass
     assert f"hint: {ex.NO_CLIP}" in result.message
+
+
+# --- train_loop ---------------------------------------------------------------------------------
+
+
+def student_loop(
+    envs,
+    q_net,
+    target_net,
+    optimizer,
+    buffer,
+    total_steps,
+    *,
+    gamma,
+    epsilon_schedule,
+    learning_starts,
+    train_every,
+    target_sync_every,
+    batch_size,
+    generator,
+    seed=0,
+    bug=None,
+):
+    """A correct loop written unlike the reference: one copy at a time, its own sampling and
+    draw order, the step counted after stepping, a sync by load_state_dict before the update;
+    ``bug`` switches on one hand-written mistake."""
+    n = envs.num_envs
+    obs, _ = envs.reset(seed=seed)
+    ended = [False] * n
+    returns, episodes = [0.0] * n, []
+    updates, step = 0, 0
+    epsilon = epsilon_schedule(0)
+    for t in range(total_steps // n):
+        if bug != "eps_once":
+            epsilon = epsilon_schedule(step)
+        random = torch.randint(0, 2, (n,), generator=generator)  # draws in another order
+        coins = torch.rand(n, generator=generator)
+        with torch.no_grad():
+            greedy = q_net(torch.tensor(obs)).argmax(1)
+        actions = torch.where(coins < epsilon, random, greedy)
+        next_obs, rewards, terminated, truncated, _ = envs.step(actions.tolist())
+        step += n
+        for i in range(n):
+            if not ended[i] or bug == "store_all":
+                flag = terminated[i] or truncated[i] if bug == "done_flag" else terminated[i]
+                buffer.add(obs[i], int(actions[i]), float(rewards[i]), next_obs[i], bool(flag))
+                returns[i] += float(rewards[i])
+            ended[i] = bool(terminated[i] or truncated[i])
+            if ended[i]:
+                episodes.append((step, returns[i]))
+                returns[i] = 0.0
+        obs = next_obs
+        if (bug == "no_start" or step - n >= learning_starts) and t % train_every == 0:
+            if updates % target_sync_every == 0 and updates > 0:
+                if bug == "rebind":
+                    target_net = copy.deepcopy(q_net)
+                else:
+                    target_net.load_state_dict(q_net.state_dict())
+            rows = torch.randint(len(buffer), (batch_size,), generator=generator)
+            s = buffer.storage
+            with torch.no_grad():
+                nxt = target_net(s.next_obs[rows]).max(1).values
+                alive = torch.ones_like(nxt) if bug == "no_mask" else (~s.terminated[rows]).float()
+                y = s.rewards[rows] + gamma * alive * nxt
+            q = q_net(s.obs[rows]).gather(1, s.actions[rows, None])[:, 0]
+            loss = F.smooth_l1_loss(q, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            updates += 1
+    if updates % target_sync_every == 0 and updates > 0 and bug != "rebind":
+        target_net.load_state_dict(q_net.state_dict())
+    return episodes
+
+
+def loop_with(bug):
+    def loop(*args, **kwargs):
+        return student_loop(*args, **kwargs, bug=bug)
+
+    loop.__name__ = f"loop_{bug}"
+    return loop
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_train_loop_accepts_a_loop_written_differently(seed):
+    assert_passes("dqn.train_loop", student_loop, seed=seed)
+
+
+@pytest.mark.parametrize(
+    ("bug", "hint"),
+    [
+        ("store_all", ex.FAKE_STORED),
+        ("done_flag", ex.DONE_STORED),
+        ("rebind", ex.NEVER_SYNCED),
+        ("no_start", ex.EARLY_UPDATES),
+        ("no_mask", ex.LOOP_NO_MASK),
+        ("eps_once", ex.NO_DECAY),
+    ],
+)
+def test_train_loop_student_mistakes(bug, hint):
+    assert_fails_with("dqn.train_loop", loop_with(bug), hint)
+
+
+def test_train_loop_check_is_fast():
+    import time
+
+    check("dqn.train_loop", student_loop)  # warm up
+    start = time.process_time()
+    assert check("dqn.train_loop", student_loop).passed
+    assert time.process_time() - start < 3.0

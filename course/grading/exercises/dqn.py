@@ -15,6 +15,20 @@
   online network stayed unchanged, whether the target still holds the *same* ``Parameter``
   objects with their ``requires_grad`` flags, and whether they are still leaf tensors (no
   autograd graph). Buffers are not judged: the test networks have none.
+- ``train_loop(envs, q_net, target_net, optimizer, buffer, total_steps, *, gamma,
+  epsilon_schedule, learning_starts, train_every, target_sync_every, batch_size, generator,
+  seed=0) -> [(step, return), ...]`` (the contract is :func:`course.dqn.train_loop`'s: ``step =
+  t * num_envs`` before vector step ``t``; epsilon ``epsilon_schedule(step)``; only real
+  transitions stored, flagged ``terminated``; one ``dqn_update`` when ``step >= learning_starts``
+  and ``t % train_every == 0``; a hard in-place copy into ``target_net`` after every
+  ``target_sync_every``-th update) is judged by behaviour on a chain the check builds, with its
+  own networks (a linear Q-table), buffer, SGD optimizer and generator: the stored rows against
+  the env's record of real transitions and reset rows, the returned episode returns against the
+  episodes played, the number and timing of the updates (an optimizer hook) and of the syncs
+  (the target watched after every update and env step; a sync is a change that makes it a copy
+  of ``q_net``), the share of non-greedy actions early and late against the schedule's, and the
+  learned values against the chain's exact Q* (within ``TrainLoop.q_tol``). The reference half
+  is computed from the case alone (:func:`_expected_run`), so no random draw is compared.
 """
 
 from __future__ import annotations
@@ -27,12 +41,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from gymnasium.vector import VectorEnv
 from torch import nn
 
 from course import dqn as ref
 from course.grading import plain
 from course.grading.core import Case, Exercise, _changed_argument, compare, register
 from course.grading.plain import show_tensor
+from course.replay import ReplayBuffer
 
 LESSON = "03_dqn"
 
@@ -1188,3 +1204,602 @@ class DQNUpdate(_DQNExercise):
                 "batch_seed": seeds[2],
             },
         )
+
+
+# --- train_loop --------------------------------------------------------------------------------
+#
+# The loop is judged by behaviour, on a chain the check controls: its env records every real
+# transition and every reset row, its buffer records what was stored, a hook on its optimizer
+# counts the updates, and the target network is watched after every update and every env step
+# (a sync is a change of the target that makes it a copy of q_net). The learned values are
+# compared with the chain's exact Q*. Nothing depends on the order of the student's random draws.
+
+FAKE_STORED = (
+    "keep only the real transitions: the row of the step after an episode ended (old episode's "
+    "last observation -> new episode's first, reward 0) is a reset, not a transition; mask the "
+    "rows with `real_transitions(prev_done)`"
+)
+DONE_STORED = (
+    "store `terminated` as the end flag, not `terminated | truncated`: a time limit is not a "
+    "terminal state, so a truncated transition must still bootstrap"
+)
+OBS_SHIFTED = (
+    "store `(obs, action, reward, next_obs)` of the SAME step, with `obs` the observation the "
+    "action was taken in: update `obs = next_obs` only after storing"
+)
+NEVER_SYNCED = (
+    "sync the target network in place every `target_sync_every` updates "
+    "(`soft_update(target_net, q_net, 1.0)` or `target_net.load_state_dict(q_net.state_dict())`); "
+    "`target_net = copy.deepcopy(q_net)` only rebinds a local name"
+)
+SYNC_EVERY_UPDATE = (
+    "the target network was synced after every update: copy it only after every "
+    "`target_sync_every`-th update, so that the targets stay fixed in between"
+)
+SYNC_BY_STEPS = (
+    "count `target_sync_every` in UPDATES (gradient steps), not in vector steps: with "
+    "`train_every > 1` the two differ"
+)
+EARLY_UPDATES = (
+    "no update before `learning_starts` environment steps: test `step >= learning_starts` "
+    "with `step = t * num_envs`"
+)
+UPDATE_EVERY_STEP = (
+    "one update every `train_every` vector steps (`t % train_every == 0`), not one every step"
+)
+LOOP_NO_MASK = (
+    "the move into the terminal cell bootstraps from the terminal observation: pass "
+    "`terminated` to the target (your `dqn_update` / `td_target`), so that it is the reward alone"
+)
+ALWAYS_GREEDY = (
+    "the agent never explored: act with `epsilon_greedy(q_values, epsilon_schedule(step), "
+    "generator)`"
+)
+NO_DECAY = (
+    "epsilon never decayed: call `epsilon_schedule(step)` at every vector step with the current "
+    "`step`, not once before the loop"
+)
+EPS_VECTOR_STEPS = (
+    "call `epsilon_schedule` with ENVIRONMENT steps summed over the copies (`t * num_envs`), "
+    "not with the vector-step counter `t`"
+)
+
+
+class _ChainEnv(VectorEnv):
+    """``E`` copies of a chain of ``n`` cells with next-step autoreset, recording what happens.
+
+    Cell ``n - 1`` is terminal; action 1 moves right, action 0 left (cell 0 stays put); entering
+    the terminal cell pays 1, every other move 0. Episodes start in a random non-terminal cell
+    and are truncated after ``time_limit`` moves. Observations are one-hot rows ``[E, n]``.
+    """
+
+    def __init__(self, n_envs: int, n_cells: int, time_limit: int, seed: int) -> None:
+        from gymnasium import spaces
+        from gymnasium.vector import AutoresetMode
+        from gymnasium.vector.utils import batch_space
+
+        self.num_envs, self.n_cells, self.time_limit = n_envs, n_cells, time_limit
+        self.single_observation_space = spaces.Box(0.0, 1.0, (n_cells,), np.float32)
+        self.single_action_space = spaces.Discrete(2)
+        self.observation_space = batch_space(self.single_observation_space, n_envs)
+        self.action_space = batch_space(self.single_action_space, n_envs)
+        self.metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
+        self.rng = np.random.default_rng(seed)
+        self.steps_taken = 0  # environment steps, summed over the copies
+        self.real: list[tuple[int, int, float, int, bool]] = []
+        self.resets: list[tuple[int, int, float, int]] = []
+        self.returns: list[float] = []
+        self.actions: list[tuple[int, bool]] = []  # (step, was the action non-greedy)
+        self.watch: _Watch | None = None
+        self.cell = np.zeros(n_envs, dtype=np.int64)
+
+    def _starts(self, k: int) -> np.ndarray:
+        return self.rng.integers(0, self.n_cells - 1, k)
+
+    def _obs(self) -> np.ndarray:
+        return np.eye(self.n_cells, dtype=np.float32)[self.cell]
+
+    def reset(self, *, seed: Any = None, options: Any = None) -> tuple[np.ndarray, dict]:
+        self.cell = self._starts(self.num_envs)
+        self.moves = np.zeros(self.num_envs, dtype=np.int64)
+        self.pending = np.zeros(self.num_envs, dtype=bool)
+        self.running = np.zeros(self.num_envs)
+        return self._obs(), {}
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        actions = np.asarray(torch.as_tensor(np.asarray(actions))).reshape(-1)
+        if actions.shape != (self.num_envs,) or not np.isin(actions, (0, 1)).all():
+            raise ValueError(f"step expects {self.num_envs} actions in {{0, 1}}, got {actions}")
+        actions = actions.astype(np.int64)
+        if self.watch is not None:
+            greedy = self.watch.greedy(self._obs())
+            self.actions += [(self.steps_taken, bool(g != a)) for g, a in zip(greedy, actions)]
+        rewards = np.zeros(self.num_envs)
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        for i, (s, a) in enumerate(zip(self.cell.tolist(), actions.tolist())):
+            if self.pending[i]:  # the reset row: not a transition
+                new = int(self._starts(1)[0])
+                self.resets.append((s, a, 0.0, new))
+                self.cell[i], self.moves[i], self.pending[i], self.running[i] = new, 0, False, 0
+                continue
+            s2 = s + 1 if a == 1 else max(s - 1, 0)
+            rewards[i] = 1.0 if s2 == self.n_cells - 1 else 0.0
+            self.moves[i] += 1
+            terminated[i] = s2 == self.n_cells - 1
+            truncated[i] = not terminated[i] and self.moves[i] >= self.time_limit
+            self.real.append((s, a, float(rewards[i]), s2, bool(terminated[i])))
+            self.cell[i] = s2
+            self.running[i] += rewards[i]
+            if terminated[i] or truncated[i]:
+                self.returns.append(float(self.running[i]))
+                self.pending[i] = True
+        self.steps_taken += self.num_envs
+        if self.watch is not None:
+            self.watch.look()
+        return self._obs(), rewards, terminated, truncated, {}
+
+
+class _Watch:
+    """Counts the updates (an optimizer hook) and the target syncs of one run."""
+
+    def __init__(self, env: _ChainEnv, q_net: nn.Module, target_net: nn.Module) -> None:
+        self.env, self.q_net, self.target_net = env, q_net, target_net
+        self.n_updates, self.first_update, self.syncs, self.not_copies = 0, None, [], 0
+        self.q_prev, self.t_prev = self._flat(q_net), self._flat(target_net)
+        self.t_stamp = self._stamp(target_net)
+
+    @staticmethod
+    def _flat(net: nn.Module) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1).clone() for p in net.parameters()])
+
+    @staticmethod
+    def _stamp(net: nn.Module) -> list[tuple[int, int]]:
+        """Version counters and storages: a copy of equal values still counts as a sync."""
+        return [(p._version, p.data_ptr()) for p in net.parameters()]
+
+    def greedy(self, obs: np.ndarray) -> list[int]:
+        with torch.no_grad():
+            return self.q_net(torch.as_tensor(obs)).argmax(-1).tolist()
+
+    def on_update(self, *args: Any) -> None:
+        self.n_updates += 1
+        if self.first_update is None:
+            self.first_update = self.env.steps_taken
+        self.look()
+
+    def look(self) -> None:
+        q_now, t_now = self._flat(self.q_net), self._flat(self.target_net)
+        stamp = self._stamp(self.target_net)
+        if stamp != self.t_stamp or not torch.equal(t_now, self.t_prev):
+            if torch.equal(t_now, q_now) or torch.equal(t_now, self.q_prev):
+                self.syncs.append(self.n_updates)
+            else:
+                self.not_copies += 1
+        self.q_prev, self.t_prev, self.t_stamp = q_now, t_now, stamp
+
+
+class _RecordingBuffer(ReplayBuffer):
+    """A replay buffer that also keeps every row it was given, as the buffer stored it."""
+
+    def __init__(self, capacity: int, obs_dim: int) -> None:
+        super().__init__(capacity, (obs_dim,))
+        self.rows: list[tuple[int, int, float, int, bool]] = []
+
+    def add(self, *args: Any, **kwargs: Any) -> None:
+        before = self.n_added
+        super().add(*args, **kwargs)
+        slots = torch.arange(before, self.n_added) % self.capacity
+        s = self.storage
+        self.rows += zip(
+            s.obs[slots].argmax(-1).tolist(),
+            s.actions[slots].tolist(),
+            [round(r, 6) for r in s.rewards[slots].tolist()],
+            s.next_obs[slots].argmax(-1).tolist(),
+            s.terminated[slots].tolist(),
+        )
+
+
+def _chain_q_star(n_cells: int, gamma: float) -> np.ndarray:
+    """Exact Q* ``[n, 2]`` of the chain (terminal row 0)."""
+    q = np.zeros((n_cells, 2))
+    for _ in range(500):
+        v = q.max(1)
+        v[-1] = 0.0
+        for s in range(n_cells - 1):
+            for a, s2 in ((0, max(s - 1, 0)), (1, s + 1)):
+                q[s, a] = (1.0 if s2 == n_cells - 1 else 0.0) + gamma * v[s2]
+    return q
+
+
+def _multiset_minus(a: list, b: list) -> list:
+    """Items of ``a`` left after removing those of ``b`` (with multiplicity)."""
+    from collections import Counter
+
+    return list((Counter(a) - Counter(b)).elements())
+
+
+def _loop_variant(
+    envs: Any,
+    q_net: nn.Module,
+    target_net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    buffer: ReplayBuffer,
+    total_steps: int,
+    *,
+    gamma: float,
+    epsilon_schedule: Callable[[int], float],
+    learning_starts: int,
+    train_every: int,
+    target_sync_every: int,
+    batch_size: int,
+    generator: torch.Generator,
+    seed: int = 0,
+    mistake: str = "",
+) -> list[tuple[int, float]]:
+    """The reference loop with one classic mistake switched on (for the hints).
+
+    Written from the check's own pieces: the library's are hidden while Lesson 03 is graded.
+    """
+    n_envs = envs.num_envs
+    obs, _ = envs.reset(seed=seed)
+    prev_done = np.zeros(n_envs, dtype=bool)
+    running, episodes, n_updates = np.zeros(n_envs), [], 0
+    for t in range(total_steps // n_envs):
+        step = t * n_envs
+        eps = {"greedy": 0.0, "no_decay": epsilon_schedule(0), "vector": epsilon_schedule(t)}
+        with torch.no_grad():
+            q_values = q_net(torch.as_tensor(obs))
+        epsilon = eps.get(mistake, epsilon_schedule(step))
+        explore = torch.rand(n_envs, generator=generator) < epsilon
+        random_actions = torch.randint(q_values.shape[1], (n_envs,), generator=generator)
+        actions = torch.where(explore, random_actions, q_values.argmax(-1))
+        next_obs, rewards, terminated, truncated, _ = envs.step(actions.numpy())
+        real = np.ones(n_envs, dtype=bool) if mistake == "fake" else ~prev_done
+        flag = terminated | truncated if mistake == "done_flag" else terminated
+        first = next_obs if mistake == "obs_shifted" else obs
+        buffer.add(first[real], actions.numpy()[real], rewards[real], next_obs[real], flag[real])
+        done = terminated | truncated
+        running += rewards * ~prev_done
+        for i in np.flatnonzero(done):
+            episodes.append((step + n_envs, float(running[i])))
+            running[i] = 0.0
+        prev_done, obs = done, next_obs
+        starts = mistake == "early" or step >= learning_starts
+        if starts and (mistake == "every_step" or t % train_every == 0):
+            batch = buffer.sample(batch_size, generator)
+            update = "no_mask" if mistake == "no_mask" else ""
+            _update_variant(q_net, target_net, optimizer, batch, gamma, mistake=update)
+            n_updates += 1
+            if mistake == "sync_every" or (
+                mistake not in ("no_sync", "sync_steps") and n_updates % target_sync_every == 0
+            ):
+                target_net.load_state_dict(q_net.state_dict())
+        if mistake == "sync_steps" and (t + 1) % target_sync_every == 0:
+            target_net.load_state_dict(q_net.state_dict())
+    return episodes
+
+
+@register
+class TrainLoop(_DQNExercise):
+    """``train_loop`` is judged by what it does on a chain the check builds (see above).
+
+    Parts: ``replay`` (what reaches the buffer, and the returned episode returns), ``updates and
+    target`` (when the updates happen, how often the target is synced, how epsilon decays) and
+    ``learning`` (the learned values against the chain's exact Q*).
+    """
+
+    id, name = "dqn.train_loop", "train_loop"
+    mutates_args = True
+    uses_optimizer = True
+    parts = {"replay": 1, "updates and target": 1, "learning": 1}
+    time_limit = 10.0  # wall seconds per case; a case takes about 0.3 s of CPU
+    q_tol = 0.15  # the reference reaches max |Q - Q*| < 0.01 on these cases (seeds 0-9)
+    # share of non-greedy actions, early (epsilon near 1) and late (epsilon 0.1) in training:
+    # standard errors about 0.05 and 0.015 here
+    eps_tol = {"early_explore": 0.2, "late_explore": 0.1}
+
+    def reference(self, *args: Any, **kwargs: Any) -> list[tuple[int, float]]:
+        return ref.train_loop(*args, **kwargs)
+
+    def probe(self, obj: Any, case: Case) -> Any:
+        if getattr(obj, "__func__", None) is TrainLoop.reference:
+            return _expected_run(case.data)  # what a correct loop does, from the case alone
+        d = case.data
+        n, n_envs = d["n_cells"], d["n_envs"]
+        env = _ChainEnv(n_envs, n, d["time_limit"], d["env_seed"])
+        init = torch.Generator().manual_seed(d["net_seed"])
+        q_net = nn.Linear(n, 2, bias=False)  # one-hot inputs: a table of Q-values
+        with torch.no_grad():
+            q_net.weight.copy_(0.1 * torch.randn(2, n, generator=init))
+            q_net.weight[:, n - 1] = 3.0  # never a training input: only a missing mask reads it
+        target_net = copy.deepcopy(q_net)
+        optimizer = torch.optim.SGD(q_net.parameters(), lr=d["lr"])
+        watch = _Watch(env, q_net, target_net)
+        env.watch = watch
+        optimizer.register_step_post_hook(watch.on_update)
+        buffer = _RecordingBuffer(d["total_steps"] + n_envs, n)
+        total = d["total_steps"]
+        schedule = _EpsilonSchedule(1.0, 0.1, total // 2)
+        result = obj(
+            env,
+            q_net,
+            target_net,
+            optimizer,
+            buffer,
+            total,
+            gamma=d["gamma"],
+            epsilon_schedule=schedule,
+            learning_starts=d["learning_starts"],
+            train_every=d["train_every"],
+            target_sync_every=d["sync_every"],
+            batch_size=d["batch_size"],
+            generator=torch.Generator().manual_seed(d["generator_seed"]),
+        )
+        watch.look()
+        resets = [(s, a, r, s2) for s, a, r, s2 in env.resets]
+        stored_plain = [row[:4] for row in buffer.rows]
+        real_plain = [row[:4] for row in env.real]
+        extra = _multiset_minus(stored_plain, real_plain)
+        early = [bad for step, bad in env.actions if step < 0.2 * total]
+        late = [bad for step, bad in env.actions if step >= 0.6 * total]
+        with torch.no_grad():
+            q = q_net(torch.eye(n)).tolist()
+        return {
+            "type": "train_loop",
+            "reset_rows": len(_multiset_minus(extra, _multiset_minus(extra, resets))),
+            "other_fake": len(_multiset_minus(extra, resets)),
+            "missing": len(_multiset_minus(real_plain, stored_plain)),
+            "flags_wrong": len(_multiset_minus(buffer.rows, env.real)) - len(extra),
+            "returns": _episode_returns(result),
+            "env_returns": sorted(env.returns),
+            "env_steps": env.steps_taken,
+            "n_updates": watch.n_updates,
+            "first_update": watch.first_update,
+            "syncs": list(watch.syncs),
+            "not_copies": watch.not_copies,
+            "early_explore": float(np.mean(early)) if early else None,
+            "late_explore": float(np.mean(late)) if late else None,
+            "q": q,
+        }
+
+    def judge(self, case: Case, got: Any, want: Any) -> str | None:
+        if not (isinstance(got, dict) and got.get("type") == "train_loop"):
+            return f"could not inspect the run ({plain.describe(got)})"
+        judge = {
+            "replay": _judge_replay,
+            "updates and target": _judge_updates,
+            "learning": _judge_learning,
+        }[case.part]
+        return judge(case.data, got, want, self)
+
+    def _hint(self, case: Case, outcome: Any) -> str | None:
+        """Only the mistakes that can show in the failing part are rerun (each costs a run)."""
+        got = outcome.value
+        if not (isinstance(got, dict) and got.get("type") == "train_loop"):
+            return None
+        mistakes = self.mistakes()
+        for hint in _HINTS_BY_PART[case.part]:
+            try:
+                if self.judge(case, got, self.probe(mistakes[hint], case)) is None:
+                    return hint
+            except Exception:
+                continue
+        return None
+
+    def mistakes(self) -> dict[str, Callable[..., Any]]:
+        def variant(mistake: str) -> Callable[..., Any]:
+            def loop(*args: Any, **kwargs: Any) -> Any:
+                return _loop_variant(*args, **kwargs, mistake=mistake)
+
+            return loop
+
+        return {
+            hint: variant(mistake)
+            for hint, mistake in [
+                (FAKE_STORED, "fake"),
+                (DONE_STORED, "done_flag"),
+                (OBS_SHIFTED, "obs_shifted"),
+                (NEVER_SYNCED, "no_sync"),
+                (SYNC_EVERY_UPDATE, "sync_every"),
+                (SYNC_BY_STEPS, "sync_steps"),
+                (EARLY_UPDATES, "early"),
+                (UPDATE_EVERY_STEP, "every_step"),
+                (LOOP_NO_MASK, "no_mask"),
+                (ALWAYS_GREEDY, "greedy"),
+                (NO_DECAY, "no_decay"),
+                (EPS_VECTOR_STEPS, "vector"),
+            ]
+        }
+
+    def cases(self, generator: torch.Generator) -> list[Case]:
+        # (label, part, copies, cells, time limit, steps, learning_starts, train_every, sync)
+        fixed = [
+            ("2 copies, short episodes", "replay", 2, 4, 3, 200, 50, 1, 10),
+            ("4 copies, time limit 5", "replay", 4, 5, 5, 240, 40, 2, 5),
+            ("an update every vector step", "updates and target", 4, 5, 6, 400, 120, 1, 10),
+            ("an update every 3 vector steps", "updates and target", 3, 5, 6, 420, 90, 3, 4),
+            ("learning Q*, 4 copies", "learning", 4, 5, 6, 400, 80, 1, 10),
+            ("learning Q*, 3 copies, a longer chain", "learning", 3, 6, 8, 450, 90, 1, 10),
+        ]
+        out = []
+        for label, part, copies, cells, limit, steps, starts, every, sync in fixed:
+            seeds = torch.randint(0, 2**31 - 1, (3,), generator=generator).tolist()
+            data = {
+                "n_envs": copies,
+                "n_cells": cells,
+                "time_limit": limit,
+                "total_steps": steps,
+                "learning_starts": starts,
+                "train_every": every,
+                "sync_every": sync,
+                "batch_size": 32,
+                "gamma": 0.9,
+                "lr": 4.0,
+                "env_seed": seeds[0],
+                "net_seed": seeds[1],
+                "generator_seed": seeds[2],
+            }
+            shown = (
+                f"a chain of {cells} cells (the last terminal, reward 1 for entering it, time "
+                f"limit {limit}), {copies} copies, total_steps={steps}, gamma=0.9, "
+                f"learning_starts={starts}, train_every={every}, target_sync_every={sync}, "
+                "batch_size=32, epsilon from 1.0 to 0.1 over total_steps // 2, "
+                "a linear Q-table (torch.optim.SGD(lr=4.0))"
+            )
+            out.append(Case(label, shown=shown, part=part, data=data))
+        return out
+
+
+def _expected_run(d: dict) -> dict:
+    """The summary a correct loop produces on case ``d`` (its random parts at their means)."""
+    n_envs, total = d["n_envs"], d["total_steps"]
+    steps = [t * n_envs for t in range(total // n_envs)]
+    updates = [
+        s + n_envs
+        for t, s in enumerate(steps)
+        if s >= d["learning_starts"] and t % d["train_every"] == 0
+    ]
+    schedule = _EpsilonSchedule(1.0, 0.1, total // 2)
+
+    def explore(window: list[int]) -> float:
+        return float(np.mean([schedule(s) / 2 for s in window]))  # half the random actions
+
+    return {
+        "type": "train_loop",
+        "reset_rows": 0,
+        "other_fake": 0,
+        "flags_wrong": 0,
+        "missing": 0,
+        "returns": [],
+        "env_returns": [],
+        "env_steps": len(steps) * n_envs,
+        "n_updates": len(updates),
+        "first_update": updates[0] if updates else None,
+        "syncs": list(range(d["sync_every"], len(updates) + 1, d["sync_every"])),
+        "not_copies": 0,
+        "early_explore": explore([s for s in steps if s < 0.2 * total]),
+        "late_explore": explore([s for s in steps if s >= 0.6 * total]),
+        "q": _chain_q_star(d["n_cells"], d["gamma"]).tolist(),
+    }
+
+
+_HINTS_BY_PART = {
+    "replay": [FAKE_STORED, DONE_STORED, OBS_SHIFTED],
+    "updates and target": [
+        NEVER_SYNCED,
+        SYNC_EVERY_UPDATE,
+        SYNC_BY_STEPS,
+        EARLY_UPDATES,
+        UPDATE_EVERY_STEP,
+        ALWAYS_GREEDY,
+        NO_DECAY,
+        EPS_VECTOR_STEPS,
+    ],
+    "learning": [LOOP_NO_MASK, DONE_STORED, FAKE_STORED, OBS_SHIFTED],
+}
+
+
+class _EpsilonSchedule:
+    """The check's epsilon schedule (a plain callable: ``schedule(step) -> float``)."""
+
+    def __init__(self, start: float, end: float, duration: int) -> None:
+        self.start, self.end, self.duration = start, end, duration
+
+    def __call__(self, step: int) -> float:
+        # not ref.linear_schedule: the library's is hidden while Lesson 03 is graded
+        frac = min(max(float(step), 0.0) / self.duration, 1.0)
+        return self.start + frac * (self.end - self.start)
+
+
+def _episode_returns(result: Any) -> list[float] | str:
+    """The returns of the returned ``(step, return)`` pairs, sorted; a string if unreadable."""
+    if not isinstance(result, (list, tuple)):
+        return f"returned {type(result).__name__}"
+    try:
+        return sorted(round(float(pair[1]), 6) for pair in result)
+    except Exception:
+        return "returned a list whose items are not (step, return) pairs"
+
+
+def _judge_replay(d: dict, got: dict, want: dict, exercise: TrainLoop) -> str | None:
+    for key, reason in [
+        ("reset_rows", "{n} stored rows are reset rows (the step after an episode ended)"),
+        ("other_fake", "{n} stored rows are not transitions the environment made"),
+        ("flags_wrong", "{n} stored transitions carry the wrong `terminated` flag"),
+        ("missing", "{n} real transitions never reached the buffer"),
+    ]:
+        if bool(got[key]) != bool(want[key]):
+            return reason.format(n=got[key]) + f" (out of {got['env_steps']} environment steps)"
+    if isinstance(got["returns"], str):
+        return f"{got['returns']}; return a list of (step, return) pairs, one per finished episode"
+    if got["returns"] != got["env_returns"]:
+        return (
+            f"the returned episode returns (sorted: {got['returns'][:8]}...) differ from those "
+            f"of the {len(got['env_returns'])} episodes the copies finished "
+            f"({got['env_returns'][:8]}...)"
+        )
+    return None
+
+
+def _judge_updates(d: dict, got: dict, want: dict, exercise: TrainLoop) -> str | None:
+    if got["n_updates"] == 0:
+        return "`optimizer.step()` was never called: the loop made no update"
+    span = d["n_envs"] * (d["train_every"] + 1)
+    if want["first_update"] is not None and (
+        (got["first_update"] < d["learning_starts"])
+        != (want["first_update"] < d["learning_starts"])
+        or abs(got["first_update"] - want["first_update"]) > span
+    ):
+        return (
+            f"the first update came after {got['first_update']} environment steps; expected "
+            f"after {want['first_update']} (learning_starts={d['learning_starts']})"
+        )
+    if abs(got["n_updates"] - want["n_updates"]) > max(2, 0.05 * want["n_updates"]):
+        return (
+            f"the loop made {got['n_updates']} updates; expected about {want['n_updates']} (one "
+            f"every train_every={d['train_every']} vector steps once learning has started)"
+        )
+    if bool(got["not_copies"]) != bool(want["not_copies"]):
+        return (
+            f"the target network changed {got['not_copies']} times without becoming a copy of "
+            "q_net: a sync is a hard copy (tau = 1)"
+        )
+    n_got, n_want = len(got["syncs"]), len(want["syncs"])
+    if abs(n_got - n_want) > 1:
+        return (
+            f"the target network was synced {n_got} times over {got['n_updates']} updates; "
+            f"expected about {n_want} (one every target_sync_every={d['sync_every']} updates)"
+        )
+    for key, phase in [("early_explore", "early"), ("late_explore", "late")]:
+        g, w = got[key], want[key]
+        if g is None or w is None or abs(g - w) > exercise.eps_tol[key]:
+            shown = "none" if g is None else f"{g:.0%}"
+            wanted = "none" if w is None else f"about {w:.0%}"
+            return (
+                f"{shown} of the actions were not greedy {phase} in training; expected {wanted} "
+                "(epsilon from 1.0 down to 0.1 over the first half of total_steps)"
+            )
+    return None
+
+
+def _judge_learning(d: dict, got: dict, want: dict, exercise: TrainLoop) -> str | None:
+    n = d["n_cells"]
+    q_star = _chain_q_star(n, d["gamma"])
+    table, expected = np.asarray(got["q"], dtype=float), np.asarray(want["q"], dtype=float)
+    if table.shape != (n, 2) or expected.shape != (n, 2):
+        return "the Q-table could not be read after the run"
+    off = np.abs(table[: n - 1] - expected[: n - 1])  # the terminal row is never learned
+    if off.max() <= exercise.q_tol:
+        return None
+    if abs(table[n - 2, 1] - q_star[n - 2, 1]) > exercise.q_tol:
+        return (
+            f"Q(cell {n - 2}, right), the move into the terminal cell, is {table[n - 2, 1]:.3f}; "
+            f"Q* is {q_star[n - 2, 1]:.3f} (the reward alone)"
+        )
+    s, a = np.unravel_index(int(np.abs(table[: n - 1] - q_star[: n - 1]).argmax()), (n - 1, 2))
+    return (
+        f"the learned values are off Q* by up to {abs(table[s, a] - q_star[s, a]):.3f} (at cell "
+        f"{s}, action {'right' if a else 'left'}: {table[s, a]:.3f} against "
+        f"{q_star[s, a]:.3f}); a correct loop gets within {exercise.q_tol}"
+    )
