@@ -1,14 +1,18 @@
-"""One multi-task DQN agent against K single-task agents, and the batched family's throughput.
+"""Lesson 04's experiments with more seeds, with the same paired verdicts, and the batched
+family's throughput.
 
-Run: ``python benchmarks/bench_multitask.py [--seeds 5] [--steps 6000] [--cartpole]``
+Run: ``python benchmarks/bench_multitask.py [--seeds 20] [--steps 3000] [--cartpole]``
 
-Prints, over ``--seeds`` seeds with 95% bootstrap intervals:
+Prints, over ``--seeds`` seeds (95% t intervals; verdicts from the per-seed differences):
 
 - on the grid family (four corner goals, `course.multitask.LESSON_CONFIG` with ``--steps`` steps
-  per task): the total environment steps until every task scores >= ``--threshold`` (exact
-  normalised return of the greedy policy), for one multi-task agent with heads and for four
-  single-task agents together, and the final per-task scores of heads, a head-less shared
-  network and the single-task agents;
+  per task): the final per-task scores of heads, task_input and a head-less shared network; one
+  multi-task agent with heads against four single-task agents, at matched schedules
+  (`course.multitask.single_task_config`) and with the same config: final scores and steps to
+  ``--threshold`` per task and in total ("never" counted at the budget);
+- the lam sweep of both regularisers (lam = 0.01, 0.1 against 0), the trunk norm under the head
+  penalty, the trunk penalty's effect; the gradient conflict against its same-task noise baseline
+  over training; PCGrad on heads and on task_input;
 - with ``--cartpole``: default CartPole against its mirrored twin (actions swapped), heads
   against one shared head without task information (mean greedy return per task);
 - the transitions per second of the batched CartPole family next to gymnasium's own vectorised
@@ -26,6 +30,7 @@ from bench_envs import SIZES, transitions_per_second  # same folder: run as a sc
 
 from course import multitask as mt
 from course.envs import CARTPOLE_TASKS, grid_tasks, make_cartpole_vec
+from course.evaluation import compare
 
 CARTPOLE_CONFIG = mt.MultiTaskConfig(
     steps_per_task=20_000,
@@ -46,31 +51,87 @@ CARTPOLE_CONFIG = mt.MultiTaskConfig(
 
 def grid_comparison(seeds: range, steps: int, threshold: float) -> None:
     tasks = grid_tasks(start="uniform")
-    config = dataclasses.replace(mt.LESSON_CONFIG, steps_per_task=steps)
+    n = len(seeds)
+    config = dataclasses.replace(mt.LESSON_CONFIG, steps_per_task=steps, noise_baseline=True)
     start = time.perf_counter()
-    arms = {
-        arch: mt.train_multitask_dqn(
-            [tasks] * len(seeds), seeds, dataclasses.replace(config, architecture=arch)
-        )
-        for arch in ("heads", "task_input", "shared")
-    }
-    singles_config = dataclasses.replace(config, steps_per_task=3 * steps)
-    singles = mt.train_multitask_dqn(
-        [[task] for _ in seeds for task in tasks],
-        [s for s in seeds for _ in tasks],
-        singles_config,
-    )
-    print(
-        f"grid family, {len(seeds)} seeds, {steps} steps per task (single-task agents: "
-        f"{3 * steps}), in {time.perf_counter() - start:.0f} s"
-    )
-    print(
-        mt.format_threshold_comparison(
-            mt.compare_with_singles(arms["heads"], singles, threshold), threshold
-        )
-    )
-    print("final score per task (1 = optimal):")
+
+    def train(**changes: object) -> mt.MultiTaskResult:
+        return mt.train_multitask_dqn([tasks] * n, seeds, dataclasses.replace(config, **changes))
+
+    arms = {arch: train(architecture=arch) for arch in ("heads", "task_input", "shared")}
+    print(f"grid family, {n} seeds, {steps} steps per task")
     print(mt.format_final_scores(arms))
+    print(
+        compare(
+            mt.final_mean(arms["heads"]),
+            mt.final_mean(arms["task_input"]),
+            names=("heads", "task_input"),
+        )
+    )
+    print(
+        compare(
+            mt.final_mean(arms["task_input"]),
+            mt.final_mean(arms["shared"]),
+            names=("task_input", "shared"),
+        )
+    )
+
+    single_tasks = [[task] for _ in seeds for task in tasks]
+    single_seeds = [s for s in seeds for _ in tasks]
+    singles = {
+        "matched": mt.single_task_config(config, len(tasks)),
+        "same config": config,
+    }
+    for name, single_config in singles.items():
+        result = mt.train_multitask_dqn(single_tasks, single_seeds, single_config)
+        comparison = mt.compare_with_singles(arms["heads"], result, threshold)
+        print(f"\n--- heads against single-task agents, {name} ---")
+        print(mt.format_singles_comparison(comparison, names=("multi-task", f"singles ({name})")))
+
+    lams = (0.01, 0.1)
+    agents = [(lam, s) for lam in lams for s in seeds]
+    sweeps = {
+        name: mt.concat_results(
+            [
+                mt.train_multitask_dqn(
+                    [tasks] * len(agents),
+                    [s for _, s in agents],
+                    dataclasses.replace(config, regularizer=name),
+                    lams=[lam for lam, _ in agents],
+                ),
+                arms["heads"],
+            ]
+        )
+        for name in ("l2", "mean")
+    }
+    print("\n" + mt.format_lam_sweep(sweeps, last=2))
+    per_seed = {name: mt.lam_per_seed(r, last=2) for name, r in sweeps.items()}
+    for verdict in mt.lam_verdicts(per_seed, higher_is_better=True, lams=lams):
+        print(" ", verdict)
+    print(mt.format_norm_change(sweeps["l2"], 0.1))
+    with_trunk = mt.train_multitask_dqn(
+        [tasks] * n, seeds, dataclasses.replace(config, penalize_trunk=True), lams=[0.01] * n
+    )
+    print(
+        compare(
+            mt.lam_per_seed(with_trunk, last=2)[0.01],
+            per_seed["l2"][0.01],
+            names=("heads + trunk lam=0.01", "heads only lam=0.01"),
+        )
+    )
+
+    for arch in ("heads", "task_input"):
+        print(f"\n--- {arch}: gradient cosine, two tasks against one task on two batches ---")
+        print(mt.format_conflict_over_training(arms[arch]))
+        with_pcgrad = train(architecture=arch, use_pcgrad=True)
+        print(
+            compare(
+                mt.final_mean(with_pcgrad),
+                mt.final_mean(arms[arch]),
+                names=(f"{arch} + pcgrad", arch),
+            )
+        )
+    print(f"\ngrid family in {time.perf_counter() - start:.0f} s")
 
 
 def cartpole_comparison(seeds: range) -> None:
@@ -115,9 +176,9 @@ def throughput(seconds: float, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=6_000, help="grid steps per task")
-    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=3_000, help="grid steps per task")
+    parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--cartpole", action="store_true", help="also run the CartPole pair")
     parser.add_argument("--seconds", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=3)

@@ -20,11 +20,17 @@ The module reads top to bottom like the lesson:
    :func:`course.population.train_population`): one replay holding every task's transitions
    with their task ids, a multi-head Q-network, per-task learning rates, trained for a
    *population* of agents (seeds, regularisation strengths) in one batched computation, with the
-   single-task agents and the head-less baselines it is compared with.
+   single-task agents and the head-less baselines it is compared with;
+4. the summaries the lesson prints: t intervals over seeds and paired verdicts
+   (:func:`course.evaluation.compare`), the single-task agents matched task by task
+   (:func:`single_task_config`, :func:`compare_with_singles`), the dodge of a head-only penalty
+   (:func:`rescale_trunk`, :func:`dodge`) and the gradient conflict against its same-task noise
+   baseline (:func:`conflict_curves`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +49,7 @@ from course.envs import (
     make_cartpole_vec,
     make_grid_vec,
 )
-from course.evaluation import bootstrap_ci, curve_ci
+from course.evaluation import Comparison, compare, compare_censored, curve_band, mean_ci
 from course.population import (
     Agents,
     FamilyEnvs,
@@ -59,34 +65,49 @@ __all__ = [
     "ARCHITECTURES",
     "REGULARIZERS",
     "LESSON_CONFIG",
+    "Dodge",
     "MultiHeadQNetwork",
     "MultiTaskConfig",
     "MultiTaskResult",
     "SineTasks",
+    "SinglesComparison",
     "SupervisedConfig",
     "SupervisedResult",
-    "ThresholdComparison",
     "compare_with_singles",
+    "concat_results",
+    "conflict_curves",
+    "dodge",
+    "final_mean",
+    "format_conflict_over_training",
     "format_final_scores",
     "format_lam_sweep",
+    "format_norm_change",
+    "format_singles_comparison",
     "format_supervised_sweep",
-    "format_threshold_comparison",
-    "lam_final_bands",
-    "lam_sweep_bands",
-    "mean_conflict",
-    "mean_task_curves",
-    "score_band",
-    "singles_band",
-    "supervised_sweep_bands",
+    "grid_observations",
     "gradient_conflict",
+    "lam_final_bands",
+    "lam_per_seed",
+    "lam_sweep_bands",
+    "lam_verdicts",
+    "mean_conflict",
     "mean_regularizer",
+    "mean_task_curves",
     "multitask_loss",
     "multitask_update",
+    "norms_per_lam",
     "pcgrad",
     "per_task_mean",
+    "rescale_trunk",
+    "score_band",
     "sine_data",
     "sine_tasks",
+    "single_task_config",
+    "singles_band",
+    "singles_verdicts",
     "steps_to_threshold",
+    "supervised_per_seed",
+    "supervised_sweep_bands",
     "task_param_groups",
     "train_multitask_dqn",
     "train_supervised",
@@ -287,19 +308,23 @@ def pcgrad(grads: Sequence[torch.Tensor], generator: torch.Generator | None = No
         >>> pcgrad([torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])])
         tensor([0.5000, 1.5000])
     """
-    originals = [torch.as_tensor(g) for g in grads]
-    total = torch.zeros_like(originals[0])
-    for i, g_i in enumerate(originals):
-        projected = g_i.clone()
-        for j in torch.randperm(len(originals), generator=generator).tolist():
+    G = torch.stack([torch.as_tensor(g) for g in grads])  # [K, P], the originals
+    K = len(G)
+    # Every projected g_i stays a combination sum_m coef[m] g_m of the originals, so the dot
+    # products it needs come from the K x K Gram matrix: the same arithmetic, without touching
+    # the P-dimensional vectors again until the final sum.
+    gram = (G.double() @ G.double().T).tolist()
+    total = [0.0] * K
+    for i in range(K):
+        coef = [1.0 if m == i else 0.0 for m in range(K)]
+        for j in torch.randperm(K, generator=generator).tolist():
             if j == i:
                 continue
-            g_j = originals[j]
-            dot = projected @ g_j
+            dot = sum(coef[m] * gram[m][j] for m in range(K))  # (current g_i) . g_j
             if dot < 0:
-                projected = projected - dot / (g_j @ g_j) * g_j
-        total = total + projected
-    return total
+                coef[j] -= dot / gram[j][j]
+        total = [t + c for t, c in zip(total, coef)]
+    return torch.tensor(total, dtype=G.dtype, device=G.device) @ G
 
 
 def multitask_update(
@@ -670,6 +695,12 @@ class MultiTaskConfig(TrainerConfig):
     """"l2" (weight decay, multitask_loss) or "mean" (mean_regularizer)"""
     use_pcgrad: bool = False
     """combine the tasks' gradients of the trunk with pcgrad instead of summing them"""
+    penalize_trunk: bool = False
+    """also add lam * ||trunk||^2 (weight decay on the shared layers) to the penalty, so that
+    the heads' penalty cannot be dodged by scaling the trunk up and the heads down"""
+    noise_baseline: bool = False
+    """also measure each task's gradient similarity across two independent batches
+    (MultiTaskResult.same_task), the noise baseline of the gradient conflict"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -704,6 +735,8 @@ class MultiTaskResult:
             (1 = optimal); for CartPole the mean greedy return.
         conflict: ``[N, T, K, K]`` :func:`gradient_conflict` of the tasks' trunk gradients on
             one replay batch at each evaluation (nan before learning starts or with one task).
+        same_task: ``[N, T, K]`` cosine of task ``k``'s trunk gradient on that batch with its
+            gradient on an independent batch (``config.noise_baseline``; else None).
         history: One stats dict (means over agents) per evaluation.
         network: The trained population.
         wall_time: Seconds.
@@ -719,6 +752,7 @@ class MultiTaskResult:
     history: list[dict[str, float]]
     network: PopulationQNetwork
     wall_time: float = 0.0
+    same_task: torch.Tensor | None = None
 
     @property
     def total_steps(self) -> torch.Tensor:
@@ -729,6 +763,54 @@ class MultiTaskResult:
     def final_scores(self) -> torch.Tensor:
         """``[N, K]`` the last evaluation."""
         return self.scores[:, -1]
+
+
+def concat_results(results: Sequence[MultiTaskResult]) -> MultiTaskResult:
+    """The agents of several runs as one result (e.g. a lam sweep that reuses an arm at lam = 0).
+
+    The runs must share the tasks and the evaluation steps; agents keep their order, run by run.
+    ``config`` and ``wall_time`` are the first run's and the sum; ``history`` is re-averaged over
+    all agents.
+
+    Args:
+        results: Results of :func:`train_multitask_dqn` with the same steps and network sizes.
+
+    Returns:
+        One :class:`MultiTaskResult` over all their agents.
+    """
+    first = results[0]
+    if any(not torch.equal(r.steps, first.steps) for r in results):
+        raise ValueError("the runs were evaluated at different steps; train them with one config")
+    nets = [r.network for r in results]
+    sizes = {(n.obs_dim, n.n_actions, n.hidden, n.n_heads) for n in nets}
+    if len(sizes) != 1:
+        raise ValueError(f"the runs' networks differ in size ({sorted(sizes)}); use one config")
+    counts = [len(r.seeds) for r in results]
+    net = PopulationQNetwork(
+        sum(counts), nets[0].obs_dim, nets[0].n_actions, nets[0].hidden, nets[0].n_heads
+    )
+    with torch.no_grad():
+        for i, (w, b) in enumerate(net.layers()):
+            w.copy_(torch.cat([n.layers()[i][0] for n in nets]))
+            b.copy_(torch.cat([n.layers()[i][1] for n in nets]))
+    history = [
+        {k: sum(r.history[t][k] * n for r, n in zip(results, counts)) / sum(counts) for k in row}
+        for t, row in enumerate(first.history)
+    ]
+    same = [r.same_task for r in results]
+    return MultiTaskResult(
+        config=first.config,
+        seeds=torch.cat([r.seeds for r in results]),
+        lams=torch.cat([r.lams for r in results]),
+        task_names=[names for r in results for names in r.task_names],
+        steps=first.steps,
+        scores=torch.cat([r.scores for r in results]),
+        conflict=torch.cat([r.conflict for r in results]),
+        history=history,
+        network=net,
+        wall_time=sum(r.wall_time for r in results),
+        same_task=None if any(x is None for x in same) else torch.cat(same),
+    )
 
 
 def _family_env(tasks: Sequence[Any], envs_per_task: int) -> Any:
@@ -834,7 +916,10 @@ def train_multitask_dqn(
 
     def penalty(q_net: PopulationQNetwork) -> torch.Tensor:
         heads = [q_net.head_parameters(k) for k in range(n_heads)]
-        return lam_dev * _agent_penalty(heads, cfg.regularizer)
+        total = _agent_penalty(heads, cfg.regularizer)
+        if cfg.penalize_trunk:  # the shared layers are one parameter set: plain weight decay
+            total = total + _agent_penalty([q_net.trunk_parameters()], "l2")
+        return lam_dev * total
 
     eval_envs = None
     if isinstance(flat_tasks[0], GridTask):
@@ -861,6 +946,7 @@ def train_multitask_dqn(
         penalty=penalty if bool(run_lams.any()) else None,
         head_lrs=tuple(task_lrs[:n_heads]),
         pcgrad=cfg.use_pcgrad,
+        noise_baseline=cfg.noise_baseline,
     )
     try:
         run = train_population(
@@ -892,6 +978,7 @@ def train_multitask_dqn(
         history=history,
         network=run.network.cpu(),
         wall_time=run.wall_time,
+        same_task=run.same_task,
     )
 
 
@@ -919,13 +1006,26 @@ def steps_to_threshold(steps: torch.Tensor, scores: torch.Tensor, threshold: flo
 # ============================================================================================
 
 
-def _fmt_ci(values: Any, digits: int = 2, seed: int = 0) -> str:
-    ci = bootstrap_ci(np.asarray(values, dtype=np.float64), seed=seed)
+def _fmt_ci(values: Any, digits: int = 2) -> str:
+    ci = mean_ci(np.asarray(values, dtype=np.float64))
     return f"{ci.estimate:.{digits}f} [{ci.low:.{digits}f}, {ci.high:.{digits}f}]"
 
 
+def _by_seed(values: torch.Tensor, seeds: torch.Tensor) -> np.ndarray:
+    """``values`` ordered by seed, so that two arms with the same seeds pair up row by row."""
+    order = torch.argsort(seeds, stable=True)
+    return values[order].double().numpy()
+
+
+def supervised_per_seed(result: SupervisedResult) -> dict[float, np.ndarray]:
+    """lam -> ``[S]`` mean test MSE over tasks of each seed (ordered by seed)."""
+    lams = sorted(set(result.lams.tolist()))
+    mse, seeds = result.test_mse.mean(-1), result.seeds
+    return {lam: _by_seed(mse[result.lams == lam], seeds[result.lams == lam]) for lam in lams}
+
+
 def format_supervised_sweep(results: dict[str, SupervisedResult]) -> str:
-    """Mean test MSE over tasks for every lam, with a 95% bootstrap interval over seeds.
+    """Mean test MSE over tasks for every lam, with a 95% t interval over seeds.
 
     Args:
         results: Regulariser name -> result of :func:`train_supervised` (same lams and seeds).
@@ -934,32 +1034,73 @@ def format_supervised_sweep(results: dict[str, SupervisedResult]) -> str:
         A table, one row per lam.
     """
     names = list(results)
-    first = results[names[0]]
-    lams = sorted(set(first.lams.tolist()))
+    per_seed = {name: supervised_per_seed(r) for name, r in results.items()}
+    lams = list(per_seed[names[0]])
     header = f"{'lam':>8} | " + " | ".join(f"{n:^22}" for n in names)
+    n_seeds = len(set(results[names[0]].seeds.tolist()))
     lines = [
-        f"test MSE (mean over tasks, 95% CI over {len(set(first.seeds.tolist()))} seeds)",
+        f"test MSE (mean over tasks, 95% CI over {n_seeds} seeds)",
         header,
         "-" * len(header),
     ]
     for lam in lams:
-        cells = []
-        for name in names:
-            r = results[name]
-            mse = r.test_mse[r.lams == lam].mean(-1)
-            cells.append(f"{_fmt_ci(mse, 3):^22}")
+        cells = [f"{_fmt_ci(per_seed[name][lam], 3):^22}" for name in names]
         lines.append(f"{lam:>8g} | " + " | ".join(cells))
     return "\n".join(lines)
+
+
+def lam_verdicts(
+    per_seed: dict[str, dict[float, np.ndarray]],
+    higher_is_better: bool,
+    lams: Sequence[float] | None = None,
+) -> list[Comparison]:
+    """Paired verdicts of a lam sweep: each lam against lam = 0, then the regularisers at each lam.
+
+    Every lam is trained with the same seeds, so two settings pair up seed by seed.
+
+    Args:
+        per_seed: Regulariser -> lam -> ``[S]`` one result per seed, ordered by seed
+            (:func:`supervised_per_seed`, :func:`lam_sweep_per_seed`).
+        higher_is_better: ``False`` for an error such as the test MSE.
+        lams: The lams to report (default every lam of the sweep but 0).
+
+    Returns:
+        The :class:`course.evaluation.Comparison` of each pair; ``print`` them.
+    """
+    names = list(per_seed)
+    chosen = [lam for lam in (lams or per_seed[names[0]]) if lam != 0]
+    out = [
+        compare(
+            per_seed[name][lam],
+            per_seed[name][0.0],
+            names=(f"{name} lam={lam:g}", "lam=0"),
+            higher_is_better=higher_is_better,
+        )
+        for name in names
+        for lam in chosen
+    ]
+    if len(names) == 2:
+        a, b = names
+        out += [
+            compare(
+                per_seed[a][lam],
+                per_seed[b][lam],
+                names=(f"{a} lam={lam:g}", f"{b} lam={lam:g}"),
+                higher_is_better=higher_is_better,
+            )
+            for lam in chosen
+        ]
+    return out
 
 
 def supervised_sweep_bands(
     result: SupervisedResult,
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``(lams [L], (estimate, low, high) [L])`` of the mean test MSE, CIs over seeds."""
-    lams = np.array(sorted(set(result.lams.tolist())))
-    per_seed = np.stack([result.test_mse[result.lams == lam].mean(-1).numpy() for lam in lams])
-    cis = [bootstrap_ci(row) for row in per_seed]
-    return lams, tuple(np.array([getattr(c, f) for c in cis]) for f in ("estimate", "low", "high"))
+    """``(lams [L], (estimate, low, high) [L])`` of the mean test MSE, t intervals over seeds."""
+    per_seed = supervised_per_seed(result)
+    cis = [mean_ci(v) for v in per_seed.values()]
+    bands = tuple(np.array([getattr(c, f) for c in cis]) for f in ("estimate", "low", "high"))
+    return np.array(list(per_seed)), bands
 
 
 def mean_task_curves(result: MultiTaskResult, agents: Sequence[int] | None = None) -> torch.Tensor:
@@ -969,14 +1110,24 @@ def mean_task_curves(result: MultiTaskResult, agents: Sequence[int] | None = Non
 
 
 def score_band(
-    result: MultiTaskResult, agents: Sequence[int] | None = None
+    result: MultiTaskResult, agents: Sequence[int] | None = None, task: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean-over-tasks learning curve with a 95% bootstrap band over the agents (seeds)."""
-    return curve_ci(mean_task_curves(result, agents).numpy())
+    """Learning curve with a pointwise 95% t band over the agents (seeds): the mean over tasks,
+    or the score of one ``task``."""
+    if task is None:
+        return curve_band(mean_task_curves(result, agents).numpy())
+    scores = result.scores if agents is None else result.scores[list(agents)]
+    return curve_band(scores[..., task].numpy())
+
+
+def final_mean(result: MultiTaskResult, last: int = 1) -> np.ndarray:
+    """``[N]`` each agent's score averaged over tasks and its last ``last`` evaluations, ordered
+    by seed (two arms trained with the same seeds pair up row by row)."""
+    return _by_seed(result.scores[:, -last:].mean((1, 2)), result.seeds)
 
 
 def format_final_scores(results: dict[str, MultiTaskResult]) -> str:
-    """Final score of every task for every arm, with 95% bootstrap intervals over seeds.
+    """Final score of every task for every arm, with 95% t intervals over seeds.
 
     Args:
         results: Arm name -> result whose agents are the seeds of one multi-task arm.
@@ -986,101 +1137,232 @@ def format_final_scores(results: dict[str, MultiTaskResult]) -> str:
     """
     first = next(iter(results.values()))
     tasks = first.task_names[0]
-    header = f"{'arm':<12} | " + " | ".join(f"{t:^18}" for t in [*tasks, "mean"])
+    header = f"{'arm':<20} | " + " | ".join(f"{t:^18}" for t in [*tasks, "mean"])
     lines = [header, "-" * len(header)]
     for name, r in results.items():
         final = r.final_scores
         cells = [f"{_fmt_ci(final[:, k]):^18}" for k in range(final.shape[1])]
         cells.append(f"{_fmt_ci(final.mean(1)):^18}")
-        lines.append(f"{name:<12} | " + " | ".join(cells))
+        lines.append(f"{name:<20} | " + " | ".join(cells))
     return "\n".join(lines)
 
 
+def single_task_config(config: MultiTaskConfig, n_tasks: int) -> MultiTaskConfig:
+    """The single-task agents' configuration matched, task by task, to a K-task agent.
+
+    The K-task agent takes ``K`` environment steps (one per task) per step of each task, and
+    its schedules run over ``K * steps_per_task`` steps. A single-task agent with the same
+    ``steps_per_task`` already runs the same exploration and learning-rate schedule *per step of
+    its task*; these changes match the rest per task as well: ``K`` times as many updates per
+    environment step on batches ``K`` times smaller (the same number of updates, each with as
+    many rows of the task as the K-task batch holds on average, so the target network is
+    updated as often), and ``1/K`` of the replay and of the warm-up. The K agents together then
+    spend the same environment steps and the same gradient rows as the one K-task agent.
+
+    Args:
+        config: The K-task agent's configuration.
+        n_tasks: ``K``.
+
+    Returns:
+        The configuration of each of the K single-task agents.
+    """
+    if n_tasks < 1 or config.batch_size % n_tasks or config.buffer_size % n_tasks:
+        raise ValueError(
+            f"batch_size {config.batch_size} and buffer_size {config.buffer_size} must be "
+            f"multiples of n_tasks={n_tasks} to split them evenly between the tasks"
+        )
+    return dataclasses.replace(
+        config,
+        updates_per_step=config.updates_per_step * n_tasks,
+        batch_size=config.batch_size // n_tasks,
+        buffer_size=config.buffer_size // n_tasks,
+        learning_starts=config.learning_starts // n_tasks,
+        task_lrs=None if config.task_lrs is None else config.task_lrs[:1],
+    )
+
+
 @dataclass(frozen=True)
-class ThresholdComparison:
-    """Total environment steps until every task reaches the threshold, per seed.
+class SinglesComparison:
+    """One K-task agent per seed against K single-task agents with the same seed.
 
     Attributes:
-        multitask: ``[S]`` steps of one multi-task agent (all tasks counted), inf if never.
-        singles: ``[S]`` summed steps of the K single-task agents of each seed, inf if any
-            never gets there.
-        singles_per_task: ``[S, K]`` steps of each single-task agent.
+        steps_multitask: ``[S, K]`` steps of task ``k`` at the multi-task agent's first
+            evaluation with task ``k`` at or above the threshold (inf if never).
+        steps_singles: ``[S, K]`` the same for the single-task agent of task ``k``.
         final_multitask: ``[S, K]`` final scores of the multi-task agents.
-        final_singles: ``[S, K]`` scores of the single-task agents after the same number of
-            steps per task as the multi-task agents (their evaluation at that step).
-        final_singles_end: ``[S, K]`` their scores at the end of their own budget.
-        budget: Steps per task of the multi-task agents.
+        final_singles: ``[S, K]`` final scores of the single-task agents.
+        budget: Steps per task of both (the censoring point of "never").
+        task_names: The K tasks.
     """
 
-    multitask: torch.Tensor
-    singles: torch.Tensor
-    singles_per_task: torch.Tensor
+    steps_multitask: torch.Tensor
+    steps_singles: torch.Tensor
     final_multitask: torch.Tensor
     final_singles: torch.Tensor
-    final_singles_end: torch.Tensor
     budget: int
+    task_names: list[str]
+
+    @property
+    def n_tasks(self) -> int:
+        return self.final_multitask.shape[1]
+
+    def total_steps(self) -> tuple[np.ndarray, np.ndarray]:
+        """``([S], [S])`` total environment steps until every task has reached the threshold,
+        "never" counted at the budget: the multi-task agent steps every task, so ``K`` times its
+        slowest task; the single-task agents add up their own times."""
+        multi = self.steps_multitask.clamp(max=self.budget).max(1).values * self.n_tasks
+        singles = self.steps_singles.clamp(max=self.budget).sum(1)
+        return multi.numpy(), singles.numpy()
 
 
 def compare_with_singles(
     multi: MultiTaskResult, singles: MultiTaskResult, threshold: float
-) -> ThresholdComparison:
-    """Steps to threshold of one multi-task agent against K single-task agents, per seed.
+) -> SinglesComparison:
+    """Per-task steps to threshold and final scores of multi-task and single-task agents.
 
     Args:
         multi: ``S`` agents (one per seed), each with the same K tasks.
         singles: ``S * K`` single-task agents, seed-major (agent ``s * K + k`` learns task
-            ``k`` with seed ``s``), trained for at least as many steps per task, evaluated at
-            the multi-task agents' last step among others.
-        threshold: Score every task must reach (the multi-task agent: all tasks at the same
-            evaluation).
+            ``k`` with the seed of multi-task agent ``s``), evaluated at the same steps per task.
+        threshold: The score that counts as reached (``>=``).
 
     Returns:
-        A :class:`ThresholdComparison`.
+        A :class:`SinglesComparison`.
     """
     S, _, K = multi.scores.shape
     if singles.scores.shape[0] != S * K or singles.scores.shape[2] != 1:
         raise ValueError(f"expected {S * K} single-task agents for {S} seeds and {K} tasks")
-    every_task = multi.scores.min(-1).values  # [S, T]
-    multi_steps = steps_to_threshold(multi.total_steps, every_task, threshold)
-    per_task = steps_to_threshold(singles.steps, singles.scores[..., 0], threshold).view(S, K)
-    budget = int(multi.steps[-1])
-    at_budget = (singles.steps == budget).nonzero().flatten()
-    if len(at_budget) != 1:
-        raise ValueError(f"the single-task agents were not evaluated at step {budget}")
-    return ThresholdComparison(
-        multitask=multi_steps,
-        singles=per_task.sum(1),
-        singles_per_task=per_task,
+    if not torch.equal(singles.seeds.view(S, K), multi.seeds.view(S, 1).expand(S, K)):
+        raise ValueError("single-task agent s * K + k must share the seed of multi-task agent s")
+    if not torch.equal(singles.steps, multi.steps):
+        raise ValueError(
+            "the single-task agents must be evaluated at the same steps per task: train them "
+            "with the same steps_per_task and eval_every"
+        )
+    per_task = steps_to_threshold(multi.steps, multi.scores.transpose(1, 2), threshold)
+    alone = steps_to_threshold(singles.steps, singles.scores[..., 0], threshold).view(S, K)
+    return SinglesComparison(
+        steps_multitask=per_task,
+        steps_singles=alone,
         final_multitask=multi.final_scores,
-        final_singles=singles.scores[:, int(at_budget[0]), 0].view(S, K),
-        final_singles_end=singles.final_scores[:, 0].view(S, K),
-        budget=budget,
+        final_singles=singles.final_scores[:, 0].view(S, K),
+        budget=int(multi.steps[-1]),
+        task_names=list(multi.task_names[0]),
     )
 
 
-def format_threshold_comparison(comparison: ThresholdComparison, threshold: float) -> str:
-    """The comparison as text: median total steps (thousands) with a 95% bootstrap interval over
-    seeds; a seed that never reaches the threshold counts as infinitely slow ("never")."""
+def singles_verdicts(
+    comparison: SinglesComparison, names: tuple[str, str] = ("multi-task", "singles")
+) -> list[Comparison]:
+    """Paired verdicts (seed by seed): final score and steps to threshold per task, then the
+    mean score over tasks and the total environment steps until every task got there."""
+    c, out = comparison, []
+    for k, task in enumerate(c.task_names):
+        out.append(
+            compare(
+                c.final_multitask[:, k].numpy(),
+                c.final_singles[:, k].numpy(),
+                names=(f"{names[0]} {task} score", names[1]),
+            )
+        )
+        out.append(
+            compare_censored(
+                c.steps_multitask[:, k].numpy(),
+                c.steps_singles[:, k].numpy(),
+                c.budget,
+                names=(f"{names[0]} {task} steps", names[1]),
+            )
+        )
+    out.append(
+        compare(
+            c.final_multitask.mean(1).numpy(),
+            c.final_singles.mean(1).numpy(),
+            names=(f"{names[0]} mean score", names[1]),
+        )
+    )
+    multi, singles = c.total_steps()
+    never = (~torch.isfinite(c.steps_multitask)).any(1).sum(), (~torch.isfinite(c.steps_singles))
+    total = compare(
+        multi, singles, names=(f"{names[0]} total steps", names[1]), higher_is_better=False
+    )
+    note = (
+        f"never = {c.budget:g} steps per task: {int(never[0])} of {names[0]}'s seeds, "
+        f"{int(never[1].any(1).sum())} of {names[1]}'s"
+    )
+    out.append(dataclasses.replace(total, note=note))
+    return out
 
-    def steps(values: torch.Tensor) -> str:
-        never = 1e12  # a finite stand-in for "never": quantiles of inf are undefined
-        finite = np.where(np.isfinite(values.numpy()), values.numpy() / 1000, never)
-        ci = bootstrap_ci(finite, statistic=np.median)
-        shown = [f"{v:.1f}" if v < never else "never" for v in ci]
-        per_seed = ", ".join(f"{v / 1000:.1f}" if math.isfinite(v) else "never" for v in values)
-        return f"{shown[0]} k [{shown[1]}, {shown[2]}]   (per seed: {per_seed})"
 
+def format_singles_comparison(
+    comparison: SinglesComparison, names: tuple[str, str] = ("multi-task", "singles")
+) -> str:
+    """The final scores (mean, 95% t interval over seeds) and the verdicts of
+    :func:`singles_verdicts`, one per line."""
+    c = comparison
     lines = [
-        f"total environment steps until every task scores >= {threshold:g} "
-        "(median, 95% CI over seeds)",
-        f"  one multi-task agent : {steps(comparison.multitask)}",
-        f"  K single-task agents : {steps(comparison.singles)}",
-        f"score after {comparison.budget} steps per task (mean over tasks, 95% CI over seeds)",
-        f"  one multi-task agent : {_fmt_ci(comparison.final_multitask.mean(1))}",
-        f"  K single-task agents : {_fmt_ci(comparison.final_singles.mean(1))}",
-        f"  K single-task agents, at the end of their budget: "
-        f"{_fmt_ci(comparison.final_singles_end.mean(1))}",
+        f"final score after {c.budget} steps per task (mean over tasks, 95% CI over "
+        f"{len(c.final_multitask)} seeds)",
+        f"  {names[0]:<12}: {_fmt_ci(c.final_multitask.mean(1))}",
+        f"  {names[1]:<12}: {_fmt_ci(c.final_singles.mean(1))}",
+        "paired verdicts (score: higher is better; steps to threshold: lower is better)",
     ]
+    lines += [f"  {v}" for v in singles_verdicts(c, names)]
+    return "\n".join(lines)
+
+
+def singles_band(
+    singles: MultiTaskResult, n_tasks: int, task: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Learning curve of K single-task agents (seed-major, see :func:`compare_with_singles`)
+    with a pointwise 95% t band over seeds: the score averaged over the K agents of a seed, or
+    the curve of the agents of one ``task``."""
+    scores = singles.scores[..., 0].view(-1, n_tasks, singles.scores.shape[1])  # [S, K, T]
+    per_seed = scores.mean(1) if task is None else scores[:, task]
+    return curve_band(per_seed.numpy())
+
+
+def lam_per_seed(result: MultiTaskResult, last: int = 1) -> dict[float, np.ndarray]:
+    """lam -> ``[S]`` final mean-over-tasks score of each seed trained with it (ordered by
+    seed), averaged over the last ``last`` evaluations."""
+    lams = sorted(set(result.lams.tolist()))
+    final = result.scores[:, -last:].mean((1, 2))
+    return {
+        lam: _by_seed(final[result.lams == lam], result.seeds[result.lams == lam]) for lam in lams
+    }
+
+
+def norms_per_lam(result: MultiTaskResult) -> dict[str, dict[float, np.ndarray]]:
+    """``{"trunk": lam -> [S], "heads": lam -> [S]}``: each trained agent's squared parameter
+    norm of the trunk and of all its heads (ordered by seed), to see whether a penalty on the
+    heads is dodged by a growing trunk."""
+    net = result.network
+    trunk = _agent_penalty([net.trunk_parameters()], "l2").detach()
+    heads = _agent_penalty([net.head_parameters(k) for k in range(net.n_heads)], "l2").detach()
+    out: dict[str, dict[float, np.ndarray]] = {}
+    for name, values in (("trunk", trunk), ("heads", heads)):
+        out[name] = {
+            lam: _by_seed(values[result.lams == lam], result.seeds[result.lams == lam])
+            for lam in sorted(set(result.lams.tolist()))
+        }
+    return out
+
+
+def format_norm_change(result: MultiTaskResult, lam: float, reference: float = 0.0) -> str:
+    """Seed by seed, the trained trunk's and heads' squared norms at ``lam`` against
+    ``reference`` (:func:`norms_per_lam`): one line each, the paired interval of the difference
+    and whether the norm is larger at one of them."""
+    norms = norms_per_lam(result)
+    lines = []
+    for part in ("trunk", "heads"):
+        c = compare(
+            norms[part][lam], norms[part][reference], names=(f"lam={lam:g}", f"lam={reference:g}")
+        )
+        said = {f"{n} better": f"larger at {n}" for n in c.names}.get(c.verdict, c.verdict)
+        d = c.difference
+        lines.append(
+            f"{part} ||.||^2, lam={lam:g} - lam={reference:g}: {d.estimate:.3g} "
+            f"[{d.low:.3g}, {d.high:.3g}] ({c.n} paired seeds) -> {said}"
+        )
     return "\n".join(lines)
 
 
@@ -1095,24 +1377,31 @@ def lam_sweep_bands(
 
 
 def format_lam_sweep(results: dict[str, MultiTaskResult], last: int = 1) -> str:
-    """Final mean-over-tasks score per lam and regulariser, 95% CI over seeds.
+    """Final mean-over-tasks score per lam and regulariser, 95% t interval over seeds.
 
     Args:
         results: Regulariser name -> a lam sweep of :func:`train_multitask_dqn`.
         last: Average the score over the last ``last`` evaluations (less noisy).
     """
     names = list(results)
-    lams = sorted(set(results[names[0]].lams.tolist()))
+    per_seed = {name: lam_per_seed(r, last) for name, r in results.items()}
     header = f"{'lam':>8} | " + " | ".join(f"{n:^18}" for n in names)
     lines = [header, "-" * len(header)]
-    for lam in lams:
-        cells = []
-        for name in names:
-            r = results[name]
-            final = r.scores[r.lams == lam][:, -last:].mean((1, 2))
-            cells.append(f"{_fmt_ci(final):^18}")
+    for lam in per_seed[names[0]]:
+        cells = [f"{_fmt_ci(per_seed[name][lam]):^18}" for name in names]
         lines.append(f"{lam:>8g} | " + " | ".join(cells))
     return "\n".join(lines)
+
+
+def lam_final_bands(
+    result: MultiTaskResult, last: int = 1
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(lams [L], (estimate, low, high) [L])``: final mean-over-tasks score per lam, with a
+    95% t interval over seeds (the score averaged over the last ``last`` evaluations)."""
+    per_seed = lam_per_seed(result, last)
+    cis = [mean_ci(v) for v in per_seed.values()]
+    bands = tuple(np.array([getattr(c, f) for c in cis]) for f in ("estimate", "low", "high"))
+    return np.array(list(per_seed)), bands
 
 
 def mean_conflict(result: MultiTaskResult, evaluation: int = -1) -> torch.Tensor:
@@ -1120,17 +1409,139 @@ def mean_conflict(result: MultiTaskResult, evaluation: int = -1) -> torch.Tensor
     return result.conflict[:, evaluation].nanmean(0)
 
 
-def lam_final_bands(
-    result: MultiTaskResult, last: int = 1
-) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """``(lams [L], (estimate, low, high) [L])``: final mean-over-tasks score per lam, with a
-    95% bootstrap interval over seeds (the score averaged over the last ``last`` evaluations)."""
-    lams = np.array(sorted(set(result.lams.tolist())))
-    cis = [
-        bootstrap_ci(result.scores[result.lams == lam][:, -last:].mean((1, 2)).numpy())
-        for lam in lams
+def conflict_curves(result: MultiTaskResult) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([N, T], [N, T])``: per agent and evaluation, the mean cosine between two *different*
+    tasks' trunk gradients (off-diagonal of :func:`gradient_conflict`, same batch) and the mean
+    cosine between one task's gradients on two independent batches (its noise baseline).
+
+    Raises:
+        ValueError: If the run did not measure the baseline (``config.noise_baseline``).
+    """
+    if result.same_task is None:
+        raise ValueError("train with MultiTaskConfig(noise_baseline=True) to measure the baseline")
+    K = result.conflict.shape[-1]
+    off = ~torch.eye(K, dtype=torch.bool)
+    return result.conflict[..., off].mean(-1), result.same_task.mean(-1)
+
+
+def format_conflict_over_training(result: MultiTaskResult, every: int = 1) -> str:
+    """At every ``every``-th evaluation (with data): the two cosines of :func:`conflict_curves`
+    with 95% t intervals over agents, and the paired verdict (seed by seed) on whether two
+    different tasks' gradients are more or less aligned than one task's on two batches."""
+    cross, same = conflict_curves(result)
+    lines = [
+        f"{'step':>6} | {'two tasks':^20} | {'one task, 2 batches':^20} | verdict (paired)",
     ]
-    return lams, tuple(np.array([getattr(c, f) for c in cis]) for f in ("estimate", "low", "high"))
+    for t in range(0, len(result.steps), every):
+        if torch.isnan(cross[:, t]).any() or torch.isnan(same[:, t]).any():
+            continue
+        c = compare(cross[:, t].numpy(), same[:, t].numpy(), names=("two tasks", "one task"))
+        verdict = {
+            "two tasks better": "two tasks more aligned than one",
+            "one task better": "two tasks less aligned than one",
+        }.get(c.verdict, c.verdict)
+        lines.append(
+            f"{int(result.steps[t]):>6} | {_fmt_ci(cross[:, t]):^20} | {_fmt_ci(same[:, t]):^20} "
+            f"| {verdict}"
+        )
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Dodge:
+    """A network and its rescaled twin (:func:`rescale_trunk`): same Q-values, other penalties.
+
+    Attributes:
+        c: The factor.
+        max_q_change: Largest absolute change of any Q-value on the observations given.
+        head_penalty: ``(before, after)`` squared norm of the heads (weights and biases).
+        head_weight_penalty: ``(before, after)`` squared norm of the heads' weights alone.
+        trunk_penalty: ``(before, after)`` squared norm of the trunk.
+    """
+
+    c: float
+    max_q_change: float
+    head_penalty: tuple[float, float]
+    head_weight_penalty: tuple[float, float]
+    trunk_penalty: tuple[float, float]
+
+    def __str__(self) -> str:
+        def pair(name: str, values: tuple[float, float]) -> str:
+            return f"  {name:<22}: {values[0]:9.3f} -> {values[1]:9.3f}"
+
+        return "\n".join(
+            [
+                f"trunk's last layer x {self.c:g}, heads' weights / {self.c:g}:",
+                f"  largest change of a Q-value: {self.max_q_change:.2g}",
+                pair("heads' weights ||W||^2", self.head_weight_penalty),
+                pair("heads (weights + bias)", self.head_penalty),
+                pair("trunk ||.||^2", self.trunk_penalty),
+            ]
+        )
+
+
+def grid_observations(tasks: Sequence[GridTask]) -> torch.Tensor:
+    """``[S, D]`` the observation of every cell of the tasks' (shared) layout."""
+    env = make_grid_vec(list(tasks), 1)
+    try:
+        return torch.from_numpy(env.observations())
+    finally:
+        env.close()
+
+
+def rescale_trunk(net: MultiHeadQNetwork, c: float) -> MultiHeadQNetwork:
+    """A copy of ``net`` with its last trunk layer multiplied by ``c`` and its heads' weights
+    divided by ``c``: the same function (ReLU is positively homogeneous, ``relu(c x) = c
+    relu(x)`` for ``c > 0``), so a penalty on the heads alone can be lowered for free.
+
+    Taught in Lesson 04 (the dodge of a head-only penalty).
+
+    Args:
+        net: A multi-head network with at least one hidden layer.
+        c: A positive factor.
+
+    Returns:
+        The rescaled copy (``net`` is unchanged).
+    """
+    if not c > 0:
+        raise ValueError(f"c is {c}; the factor must be positive (ReLU only commutes with c > 0)")
+    linears = [m for m in net.trunk if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("the network has no hidden layer to rescale; give hidden=(width, ...)")
+    twin = MultiHeadQNetwork(net.obs_dim, net.n_actions, net.n_tasks, net.hidden)
+    twin.load_state_dict(net.state_dict())
+    last = [m for m in twin.trunk if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(c)
+        last.bias.mul_(c)
+        for head in twin.heads:
+            head.weight.div_(c)
+    return twin
+
+
+def dodge(net: MultiHeadQNetwork, obs: torch.Tensor, c: float) -> Dodge:
+    """Measure :func:`rescale_trunk` on observations ``obs`` ``[B, D]``, every task's head."""
+    twin = rescale_trunk(net, c)
+
+    def norms(model: MultiHeadQNetwork) -> tuple[float, float, float]:
+        heads = sum(float(p.pow(2).sum()) for h in model.heads for p in h.parameters())
+        weights = sum(float(h.weight.pow(2).sum()) for h in model.heads)
+        trunk = sum(float(p.pow(2).sum()) for p in model.trunk.parameters())
+        return heads, weights, trunk
+
+    change = 0.0
+    with torch.no_grad():
+        for k in range(net.n_tasks):
+            tasks = torch.full((len(obs),), k, dtype=torch.long)
+            change = max(change, float((net(obs, tasks) - twin(obs, tasks)).abs().max()))
+        before, after = norms(net), norms(twin)
+    return Dodge(
+        c=float(c),
+        max_q_change=change,
+        head_penalty=(before[0], after[0]),
+        head_weight_penalty=(before[1], after[1]),
+        trunk_penalty=(before[2], after[2]),
+    )
 
 
 LESSON_CONFIG = MultiTaskConfig(
@@ -1142,14 +1553,4 @@ LESSON_CONFIG = MultiTaskConfig(
     batch_size=128,
     target_update_interval=50,
 )
-"""The grid-family configuration of Lesson 04 (a few seconds per arm of 5 seeds on one core)."""
-
-
-def singles_band(
-    singles: MultiTaskResult, n_tasks: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Learning curve of K single-task agents (seed-major, see :func:`compare_with_singles`):
-    the score averaged over the K agents of a seed, with a 95% bootstrap band over seeds."""
-    scores = singles.scores[..., 0]  # [S * K, T]
-    per_seed = scores.view(-1, n_tasks, scores.shape[-1]).mean(1)
-    return curve_ci(per_seed.numpy())
+"""The grid-family configuration of Lesson 04 (a few seconds per arm of 10 seeds on one core)."""

@@ -347,6 +347,8 @@ _MULTITASK_COLOURS = {
     "task_input": "#1a7f37",
     "shared": "#cf222e",
     "singles": "#57606a",
+    "matched": "#bc4c00",
+    "noise": "#57606a",
     "pcgrad": "#8250df",
     "l2": "#bf8700",
     "mean": "#8250df",
@@ -394,7 +396,7 @@ def plot_multitask_curves(
     title: str | None = None,
     figsize: tuple[float, float] = (5.5, 3.2),
 ) -> Figure:
-    """Learning curves of several arms with their bootstrap bands (`course.multitask.score_band`).
+    """Learning curves of several arms with their bands (`course.multitask.score_band`).
 
     Taught in Lesson 04. ``steps`` is one ``[T]`` array for every arm, or one per arm (by name).
     """
@@ -411,6 +413,36 @@ def plot_multitask_curves(
     if title:
         ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def plot_task_curves(
+    steps: np.ndarray | torch.Tensor,
+    bands: dict[str, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]],
+    threshold: float | None = None,
+    xlabel: str = "environment steps per task",
+    ylabel: str = "score",
+    figsize: tuple[float, float] = (9.0, 2.6),
+) -> Figure:
+    """One panel per task, each with the learning curves of several arms and their bands.
+
+    Taught in Lesson 04 (multi-task against single-task agents, task by task). ``bands[task]``
+    maps an arm's name to its ``(estimate, low, high)`` (`course.multitask.score_band` with
+    ``task=k``, `course.multitask.singles_band`); ``steps`` is the common ``[T]`` grid.
+    """
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(1, len(bands), sharey=True, squeeze=False)[0]
+    x = np.asarray(steps)
+    for ax, (task, arms) in zip(axes, bands.items(), strict=True):
+        for name, band in arms.items():
+            colour = _MULTITASK_COLOURS.get(name.split(" ")[0])
+            _band(ax, x, band, colour, name, alpha=0.15, linewidth=1.5)
+        if threshold is not None:
+            ax.axhline(threshold, color="#57606a", linestyle="--", linewidth=1)
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+    axes[0].set_ylabel(ylabel)
+    axes[0].legend(fontsize=7, loc="lower right")
     return fig
 
 

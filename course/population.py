@@ -82,6 +82,8 @@ class Purpose(IntEnum):
     """fresh parts of a fine-tuning start (a new head, scratch weights)"""
     CONFLICT = 6
     """PCGrad's task orders and the batches on which gradient conflict is measured"""
+    NOISE = 7
+    """the second batch of the same-task gradient similarity (the noise baseline of conflict)"""
 
 
 def derive_seed(seed: int, purpose: Purpose, *keys: int) -> int:
@@ -646,6 +648,9 @@ class Agents:
             ``config.lr``.
         pcgrad: Combine the tasks' trunk gradients with :func:`course.multitask.pcgrad` instead
             of summing them.
+        noise_baseline: Also measure, at each evaluation, the cosine similarity of each task's
+            trunk gradients on two independent batches (``PopulationRun.same_task``): what
+            two gradients of the *same* task look like, the baseline of the conflict.
     """
 
     seeds: tuple[int, ...]
@@ -660,6 +665,7 @@ class Agents:
     penalty: Callable[[PopulationQNetwork], torch.Tensor] | None = None
     head_lrs: tuple[float, ...] | None = None
     pcgrad: bool = False
+    noise_baseline: bool = False
 
     def __post_init__(self) -> None:
         self.seeds = tuple(int(s) for s in self.seeds)
@@ -692,6 +698,9 @@ class PopulationRun:
         network: The online network at the end.
         wall_time: Seconds spent training.
         eval_time: The part of ``wall_time`` spent evaluating.
+        same_task: ``[N, T, K]`` cosine similarity of each task's trunk gradients on the
+            conflict batch and on a second, independent batch (``Agents.noise_baseline``; nan
+            before there is data); None when not measured.
     """
 
     steps: torch.Tensor
@@ -703,6 +712,7 @@ class PopulationRun:
     network: PopulationQNetwork
     wall_time: float
     eval_time: float
+    same_task: torch.Tensor | None = None
 
 
 _BLOCK = 256  # steps (or updates) of random numbers drawn at once
@@ -867,6 +877,8 @@ class _Trainer:
             device,
         )
         self.conflict_gens = seeded_generators(seeds, Purpose.CONFLICT)
+        self.noise_gens = seeded_generators(seeds, Purpose.NOISE) if agents.noise_baseline else []
+        self.same_task: torch.Tensor | None = None  # of the last conflict() call
         self.sums = {k: torch.zeros(self.n_agents, device=device) for k in _STATS}
         self.n_logged = self.n_updates = self.since_target = 0
 
@@ -945,13 +957,29 @@ class _Trainer:
 
         K = self.n_tasks
         if K < 2 or int(self.replay.size.min()) == 0:
+            self.same_task = torch.full((self.n_agents, K), float("nan"))
             return torch.full((self.n_agents, K, K), float("nan"))
         u = torch.stack([torch.rand(self.cfg.batch_size, generator=g) for g in self.conflict_gens])
+        flat = self._flat_task_grads(u)
+        if self.noise_gens:  # the same tasks on an independent batch: cosine of g_k with g'_k
+            n = self.cfg.batch_size
+            again = self._flat_task_grads(
+                torch.stack([torch.rand(n, generator=g) for g in self.noise_gens])
+            )
+            self.same_task = torch.stack(
+                [
+                    torch.stack([gradient_conflict([f, g])[0, 1] for f, g in zip(fa, ga)])
+                    for fa, ga in zip(flat, again, strict=True)
+                ]
+            ).cpu()
+        return torch.stack([gradient_conflict(f) for f in flat]).cpu()
+
+    def _flat_task_grads(self, u: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Per agent, each task's flat trunk gradient on the replay batch of uniforms ``u``."""
         grads = self.trunk_task_grads(self.task_losses(self.replay.sample(u.to(self.device)))[0])
-        flat = [
+        return [
             [torch.cat([g[a].flatten() for g in gk]) for gk in grads] for a in range(self.n_agents)
         ]
-        return torch.stack([gradient_conflict(f) for f in flat]).cpu()
 
     def train_until(self, due: int) -> None:
         """Update until ``due`` updates are done, with the target-network updates between."""
@@ -1054,7 +1082,9 @@ def train_population(
     obs_np = envs.reset(agents.seeds)
     prev_done = torch.zeros(N, B, dtype=torch.bool)
     episodes = _EpisodeLog(N, B)
-    log: dict[str, list] = {k: [] for k in ("steps", "scores", "conflict", "epsilon", "lr")}
+    log: dict[str, list] = {
+        k: [] for k in ("steps", "scores", "conflict", "same_task", "epsilon", "lr")
+    }
     log.update({k: [] for k in run.sums})
     epsilon, lr = cfg.eps_start, cfg.lr
     eps_duration = int(cfg.exploration_fraction * total_steps)
@@ -1072,6 +1102,8 @@ def train_population(
         log["steps"].append(step)
         log["scores"].append(scores)
         log["conflict"].append(run.conflict())
+        if agents.noise_baseline:
+            log["same_task"].append(run.same_task)
         stats = run.take_stats()
         for key, value in stats.items():
             log[key].append(value)
@@ -1129,4 +1161,5 @@ def train_population(
         network=run.q_net,
         wall_time=time.perf_counter() - start_time,
         eval_time=eval_time,
+        same_task=torch.stack(log["same_task"], dim=1) if agents.noise_baseline else None,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -312,7 +313,12 @@ def test_steps_to_threshold():
 
 
 def test_summaries_plots_and_lam_explorer():
-    from course.plots import plot_conflict, plot_lam_sweep, plot_multitask_curves
+    from course.plots import (
+        plot_conflict,
+        plot_lam_sweep,
+        plot_multitask_curves,
+        plot_task_curves,
+    )
     from course.widgets import LamExplorer
 
     tasks = grid_tasks(start="uniform")[:2]
@@ -326,15 +332,137 @@ def test_summaries_plots_and_lam_explorer():
     assert explorer.curves_figure.axes[0].get_title() == "lam = 0.1"
     plot_lam_sweep(lams, {"l2": (estimate, low, high)}, "score", selected=0.0)
     plot_multitask_curves(sweep.steps, {"heads": mt.score_band(sweep)}, threshold=0.5)
+    fig = plot_task_curves(sweep.steps, {"a": {"heads": mt.score_band(sweep, task=0)}}, 0.5)
+    assert fig.axes[0].get_title() == "a"
     plot_conflict(mt.mean_conflict(sweep), ["a", "b"])
 
 
-def test_compare_with_singles_counts_total_steps():
+def test_compare_with_singles_per_task_and_total_steps():
     tasks = grid_tasks(start="uniform")[:2]
     multi = train_multitask_dqn([tasks, tasks], [0, 1], TINY)
-    singles = train_multitask_dqn([[t] for _ in range(2) for t in tasks], [0, 0, 1, 1], TINY)
+    single_cfg = mt.single_task_config(TINY, 2)
+    singles = train_multitask_dqn([[t] for _ in range(2) for t in tasks], [0, 0, 1, 1], single_cfg)
     comparison = mt.compare_with_singles(multi, singles, threshold=0.0)
-    assert comparison.multitask.tolist() == [0.0, 0.0]  # reached at the first evaluation
-    assert comparison.singles.tolist() == [0.0, 0.0]
+    assert comparison.steps_multitask.tolist() == [[0.0, 0.0], [0.0, 0.0]]  # at the first eval
     torch.testing.assert_close(comparison.final_singles, singles.final_scores.view(2, 2))
-    assert "per seed" in mt.format_threshold_comparison(comparison, 0.0)
+    text = mt.format_singles_comparison(comparison)
+    assert "paired seeds" in text and "total steps" in text
+    with pytest.raises(ValueError, match="seed"):
+        mt.compare_with_singles(
+            multi, dataclasses.replace(singles, seeds=torch.tensor([1, 1, 0, 0])), 0.0
+        )
+    longer = train_multitask_dqn(
+        [[t] for _ in range(2) for t in tasks],
+        [0, 0, 1, 1],
+        dataclasses.replace(single_cfg, steps_per_task=600),
+    )
+    with pytest.raises(ValueError, match="same steps"):
+        mt.compare_with_singles(multi, longer, 0.0)
+
+
+def test_total_steps_count_never_at_the_budget():
+    inf = math.inf
+    c = mt.SinglesComparison(
+        steps_multitask=torch.tensor([[100.0, 300.0], [inf, 200.0]]),
+        steps_singles=torch.tensor([[100.0, 300.0], [inf, inf]]),
+        final_multitask=torch.zeros(2, 2),
+        final_singles=torch.zeros(2, 2),
+        budget=1000,
+        task_names=["a", "b"],
+    )
+    multi, singles = c.total_steps()
+    assert multi.tolist() == [600.0, 2000.0]  # K times the slowest task: it steps every task
+    assert singles.tolist() == [400.0, 2000.0]  # the sum of the single-task agents' times
+    total = mt.singles_verdicts(c)[-1]
+    assert "1 of multi-task's seeds, 1 of singles's" in total.note
+
+
+def test_single_task_config_matches_the_multitask_agent_per_task():
+    cfg = mt.single_task_config(mt.LESSON_CONFIG, 4)
+    base = mt.LESSON_CONFIG
+    assert cfg.steps_per_task == base.steps_per_task
+    # updates per step of the task, rows of the task per update, replay per task
+    assert cfg.updates_per_step == base.updates_per_step * 4
+    assert cfg.batch_size * 4 == base.batch_size and cfg.buffer_size * 4 == base.buffer_size
+    assert cfg.learning_starts * 4 == base.learning_starts
+    assert cfg.exploration_fraction == base.exploration_fraction
+    with pytest.raises(ValueError, match="multiples"):
+        mt.single_task_config(dataclasses.replace(base, batch_size=126), 4)
+
+
+def test_lam_verdicts_pair_seeds_and_name_the_better_arm():
+    per_seed = {
+        "l2": {0.0: np.array([1.0, 2.0, 3.0]), 0.1: np.array([1.5, 2.4, 3.6])},
+        "mean": {0.0: np.array([1.0, 2.0, 3.0]), 0.1: np.array([0.5, 1.6, 2.4])},
+    }
+    verdicts = [v.verdict for v in mt.lam_verdicts(per_seed, higher_is_better=True)]
+    assert verdicts == ["l2 lam=0.1 better", "lam=0 better", "l2 lam=0.1 better"]
+    lower = [v.verdict for v in mt.lam_verdicts(per_seed, higher_is_better=False)]
+    assert lower[0] == "lam=0 better"
+
+
+def test_rescaled_trunk_keeps_q_and_divides_the_head_weight_penalty():
+    torch.manual_seed(0)
+    net = MultiHeadQNetwork(3, 2, 2, hidden=(8, 8))
+    obs = torch.randn(10, 3)
+    out = mt.dodge(net, obs, c=4.0)
+    assert out.max_q_change < 1e-5
+    before, after = out.head_weight_penalty
+    assert after == pytest.approx(before / 16, rel=1e-5)
+    assert out.trunk_penalty[1] > out.trunk_penalty[0]
+    twin = mt.rescale_trunk(net, 4.0)
+    torch.testing.assert_close(twin.trunk[0].weight, net.trunk[0].weight)  # only the last layer
+    assert "largest change" in str(out)
+    with pytest.raises(ValueError, match="positive"):
+        mt.rescale_trunk(net, -1.0)
+
+
+def test_penalising_the_trunk_shrinks_it():
+    tasks = grid_tasks(start="uniform")[:2]
+    cfg = dataclasses.replace(TINY, lam=1.0)
+    heads_only = mt.norms_per_lam(train_multitask_dqn([tasks], [0], cfg, lams=[1.0]))
+    both = mt.norms_per_lam(
+        train_multitask_dqn([tasks], [0], dataclasses.replace(cfg, penalize_trunk=True), lams=[1.0])
+    )
+    assert both["trunk"][1.0][0] < 0.5 * heads_only["trunk"][1.0][0]
+
+
+def test_format_norm_change_says_where_the_norm_is_larger():
+    tasks = grid_tasks(start="uniform")[:2]
+    sweep = train_multitask_dqn([tasks] * 4, [0, 1, 0, 1], TINY, lams=[0.0, 0.0, 1.0, 1.0])
+    text = mt.format_norm_change(sweep, 1.0)
+    assert text.startswith("trunk ||.||^2, lam=1 - lam=0") and "heads ||.||^2" in text
+    assert "better" not in text
+
+
+def test_noise_baseline_is_measured_without_changing_training():
+    tasks = grid_tasks(start="uniform")[:2]
+    plain = train_multitask_dqn([tasks, tasks], [0, 1], TINY)
+    with pytest.raises(ValueError, match="noise_baseline"):
+        mt.conflict_curves(plain)
+    noisy = train_multitask_dqn(
+        [tasks, tasks], [0, 1], dataclasses.replace(TINY, noise_baseline=True)
+    )
+    torch.testing.assert_close(noisy.scores, plain.scores)
+    torch.testing.assert_close(noisy.conflict, plain.conflict, equal_nan=True)
+    assert noisy.same_task.shape == (2, 3, 2)
+    assert torch.isnan(noisy.same_task[:, 0]).all()  # no data at step 0
+    later = noisy.same_task[:, 1:]
+    assert ((later >= -1) & (later <= 1)).all()
+    cross, same = mt.conflict_curves(noisy)
+    assert cross.shape == same.shape == (2, 3)
+    assert "one task, 2 batches" in mt.format_conflict_over_training(noisy)
+
+
+def test_concat_results_joins_the_agents_of_two_runs():
+    tasks = grid_tasks(start="uniform")[:2]
+    a = train_multitask_dqn([tasks], [0], TINY)
+    b = train_multitask_dqn([tasks, tasks], [1, 2], TINY, lams=[0.1, 0.1])
+    both = mt.concat_results([a, b])
+    assert both.seeds.tolist() == [0, 1, 2] and both.lams.tolist() == [0.0, 0.1, 0.1]
+    torch.testing.assert_close(both.scores, torch.cat([a.scores, b.scores]))
+    torch.testing.assert_close(both.network.agent_state_dict(2), b.network.agent_state_dict(1))
+    assert mt.lam_per_seed(both)[0.1].shape == (2,)
+    with pytest.raises(ValueError, match="steps"):
+        longer = dataclasses.replace(TINY, steps_per_task=600)
+        mt.concat_results([a, train_multitask_dqn([tasks], [0], longer)])
