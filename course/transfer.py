@@ -8,6 +8,8 @@ Taught in Lesson 05. The pieces, in the order the lesson meets them:
   (``"scratch"``, ``"full"``, ``"freeze_trunk"``, ``"l2sp"``);
 - :func:`l2sp_penalty`: the L2-SP regulariser (Li et al., 2018), ``alpha * sum ||p - p_ref||^2``,
   which keeps fine-tuned weights near the pretrained ones;
+- :func:`finetune_update`: one fine-tuning step (DQN loss, plus the penalty for L2-SP) on the
+  trainable parameters;
 - :func:`transfer_metrics`: jumpstart, asymptotic gain, time to threshold and transfer ratio
   (Taylor & Stone, 2009);
 - :func:`compare_strategies`: the experiment of the lesson (and of
@@ -38,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course.dqn import DQNConfig, QNetwork
+from course.dqn import DQNConfig, QNetwork, dqn_loss, td_target
 from course.envs import GRID_LAYOUT, GridTask, make_grid_vec
 from course.evaluation import Comparison, compare, compare_censored, curve_band, mean_ci
 from course.mdp import value_iteration
@@ -54,6 +56,7 @@ from course.population import (
     network_sizes,
     train_population,
 )
+from course.replay import Batch
 
 __all__ = [
     "FINETUNE_CONFIG",
@@ -72,6 +75,7 @@ __all__ = [
     "TransferMetrics",
     "compare_strategies",
     "exact_scores",
+    "finetune_update",
     "format_arms",
     "format_benchmark",
     "format_l2sp_sweep",
@@ -404,6 +408,56 @@ def prepare_finetune(
         # follow the weights and the penalty would stay 0
         model.l2sp_reference = {k: v.detach().clone() for k, v in source.items()}
     return model
+
+
+# --- one fine-tuning step ----------------------------------------------------------------------
+
+
+def finetune_update(
+    q_net: nn.Module,
+    target_net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    gamma: float,
+    alpha: float = 0.0,
+    exclude: Sequence[str] = ("head",),
+) -> float:
+    """One gradient step of fine-tuning: the DQN loss plus, for L2-SP, the penalty.
+
+    Taught in Lesson 05, where the student assembles it from Lesson 03's pieces
+    (:func:`course.dqn.td_target`, :func:`course.dqn.dqn_loss`) and :func:`l2sp_penalty`,
+    for a network prepared by :func:`prepare_finetune` and an optimizer over its trainable
+    parameters only:
+
+    1. targets from ``target_net`` without gradient (the plain target of :func:`td_target`);
+    2. the mean Huber loss on the taken actions (:func:`dqn_loss`);
+    3. if ``q_net`` has an ``l2sp_reference`` (the ``"l2sp"`` strategy), plus
+       ``l2sp_penalty(q_net, q_net.l2sp_reference, alpha, exclude)``: the pull back toward the
+       *pretrained* weights, the fresh or task-specific head excluded;
+    4. gradients zeroed before ``backward``, then one ``optimizer.step()``.
+
+    Args:
+        q_net: Online network ``[B, D] -> [B, A]``, updated in place by ``optimizer``.
+        target_net: Target network of the same shape; only read.
+        optimizer: Optimizer over ``q_net``'s trainable parameters.
+        batch: Replay transitions (:class:`course.replay.Batch`).
+        gamma: Discount factor.
+        alpha: Strength of the L2-SP penalty (used only when ``q_net`` has an anchor).
+        exclude: Name prefixes the penalty skips.
+
+    Returns:
+        The loss of this batch before the step (TD loss plus penalty), as a Python float.
+    """
+    with torch.no_grad():
+        targets = td_target(batch.rewards, target_net(batch.next_obs), batch.terminated, gamma)
+    loss = dqn_loss(q_net(batch.obs), batch.actions, targets)
+    reference = getattr(q_net, "l2sp_reference", None)
+    if reference is not None:
+        loss = loss + l2sp_penalty(q_net, reference, alpha, exclude)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
 
 
 # --- checkpoints --------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -496,3 +497,74 @@ def test_regenerating_one_seed_reproduces_the_stored_numbers():
         for measure in ("start", "final", "area"):
             stored = arms["full"][measure][0]
             assert result.measure(target, "full", measure)[0] == pytest.approx(stored, abs=1e-6)
+
+
+# --- finetune_update ----------------------------------------------------------------------------
+
+
+def _batch(seed: int = 0, n: int = 16, obs_dim: int = 2):
+    from course.replay import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    return Batch(
+        obs=torch.randn(n, obs_dim, generator=g),
+        actions=torch.randint(0, 2, (n,), generator=g),
+        rewards=torch.randn(n, generator=g),
+        next_obs=torch.randn(n, obs_dim, generator=g),
+        terminated=torch.rand(n, generator=g) < 0.3,
+        tasks=torch.zeros(n, dtype=torch.int64),
+    )
+
+
+def _trainable_sgd(net: nn.Module, lr: float = 0.1) -> torch.optim.Optimizer:
+    return torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=lr)
+
+
+def test_finetune_update_without_anchor_is_the_dqn_update():
+    from course.dqn import dqn_update
+    from course.transfer import finetune_update
+
+    a, b, target = _net(0), _net(0), _net(1)
+    loss_a = finetune_update(a, target, _trainable_sgd(a), _batch(), 0.9, alpha=5.0)
+    loss_b = dqn_update(b, target, _trainable_sgd(b), _batch(), 0.9)
+    assert loss_a == pytest.approx(loss_b)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb)
+
+
+def test_finetune_update_leaves_a_frozen_trunk_and_trains_the_fresh_head():
+    from course.transfer import finetune_update
+
+    net, target = _net(0), _net(1)
+    prepare_finetune(net, "freeze_trunk", generator=torch.Generator().manual_seed(0))
+    trunk = [p.detach().clone() for p in net.trunk.parameters()]
+    head = [p.detach().clone() for p in net.head.parameters()]
+    finetune_update(net, target, _trainable_sgd(net), _batch(), 0.9)
+    assert all(torch.equal(p, q) for p, q in zip(net.trunk.parameters(), trunk, strict=True))
+    assert not all(torch.equal(p, q) for p, q in zip(net.head.parameters(), head, strict=True))
+
+
+def test_finetune_update_pulls_the_trunk_back_toward_the_pretrained_weights():
+    from course.transfer import finetune_update
+
+    net, target = _net(0), _net(1)
+    prepare_finetune(net, "l2sp")
+    anchor = {k: v.clone() for k, v in net.l2sp_reference.items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.5)  # moved away from the anchor
+
+    def distance(model):
+        return sum(
+            float((p.detach() - anchor[n]).pow(2).sum())
+            for n, p in model.named_parameters()
+            if n.startswith("trunk")
+        )
+
+    before = distance(net)
+    free = copy.deepcopy(net)
+    del free.l2sp_reference
+    finetune_update(net, target, _trainable_sgd(net, lr=0.05), _batch(), 0.9, alpha=10.0)
+    finetune_update(free, target, _trainable_sgd(free, lr=0.05), _batch(), 0.9, alpha=10.0)
+    assert distance(net) < before and distance(net) < distance(free)
+    assert all(torch.equal(net.l2sp_reference[k], v) for k, v in anchor.items())
