@@ -307,10 +307,11 @@ def plot_transfer_curves(
     bands_by_target: dict[str, dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]],
     threshold: float | None = None,
     figsize: tuple[float, float] | None = None,
+    ylabel: str = "greedy return",
 ) -> Figure:
     """Learning curves of every strategy on every target task, one panel per target.
 
-    Taught in Lesson 05. The bands come from `course.evaluation.curve_ci` over seeds (e.g.
+    Taught in Lesson 05. The bands come from `course.evaluation.curve_band` over seeds (e.g.
     ``ComparisonResult.band``).
 
     Args:
@@ -318,6 +319,7 @@ def plot_transfer_curves(
         bands_by_target: Target name -> strategy name -> ``(estimate, low, high)``, each ``[T]``.
         threshold: Optional level drawn as a dashed line (the metrics' threshold).
         figsize: Size of the figure (default: 3.3 inches per panel, 3.2 high).
+        ylabel: Label of the y axis.
 
     Returns:
         The figure (not registered with pyplot).
@@ -328,13 +330,14 @@ def plot_transfer_curves(
     steps = np.asarray(steps)
     for ax, (target, bands) in zip(axes, bands_by_target.items(), strict=True):
         for name, band in bands.items():
-            _band(ax, steps, band, _TRANSFER_COLOURS.get(name), name, alpha=0.15, linewidth=1.5)
+            colour = _TRANSFER_COLOURS.get(name.split("_")[0] if name.startswith("l2sp") else name)
+            _band(ax, steps, band, colour, name, alpha=0.15, linewidth=1.5)
         if threshold is not None:
             ax.axhline(threshold, color="#57606a", linestyle="--", linewidth=1)
         ax.set_title(target, fontsize=10)
         ax.set_xlabel("target-task steps")
-    axes[0].set_ylabel("greedy return")
-    axes[-1].legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel(ylabel)
+    axes[-1].legend(fontsize=7, loc="best")
     return fig
 
 

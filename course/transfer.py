@@ -8,64 +8,90 @@ Taught in Lesson 05. The pieces, in the order the lesson meets them:
   (``"scratch"``, ``"full"``, ``"freeze_trunk"``, ``"l2sp"``);
 - :func:`l2sp_penalty`: the L2-SP regulariser (Li et al., 2018), ``alpha * sum ||p - p_ref||^2``,
   which keeps fine-tuned weights near the pretrained ones;
+- :func:`finetune_update`: one fine-tuning step (DQN loss, plus the penalty for L2-SP) on the
+  trainable parameters;
 - :func:`transfer_metrics`: jumpstart, asymptotic gain, time to threshold and transfer ratio
-  (Taylor & Stone, 2009), with bootstrap confidence intervals over seeds
-  (:func:`transfer_metrics_ci`);
-- :func:`compare_strategies`: the whole experiment of the lesson (and of
-  ``benchmarks/bench_transfer.py``): every strategy on every target task, several seeds, built on
-  :func:`course.dqn.train_dqn_agents` (each agent on its own target), with a scratch arm that
-  uses the fine-tuned arms' exploration schedule so that exploration is not mistaken for
-  transfer;
-- :func:`pretrain_multitask_source` / :func:`multitask_source_state`: Lesson 04's multi-task
-  agent as another starting point (its shared trunk and one task's head), on the same
-  source-step budget as the single-task source.
+  (Taylor & Stone, 2009);
+- :func:`compare_strategies`: the experiment of the lesson (and of
+  ``benchmarks/bench_transfer.py``) on the grid family (:mod:`course.envs`): every strategy on a
+  near and a far target, ten seeds, each network scored *exactly* on its target and on the source
+  task (forgetting) by :func:`exact_scores`, through :func:`course.population.train_population`;
+  results compared seed by seed with :func:`course.evaluation.compare`;
+- :func:`pretrain_sources` / :func:`pretrain_multitask_sources`: several source networks of each
+  kind (single-task, and Lesson 04's multi-task agent), on the same source-step budget;
+- :func:`run_benchmark` / :func:`load_benchmark` / :func:`format_benchmark`: the benchmark's
+  stored results, which the lesson prints instead of pasting them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from course.dqn import DQNConfig, DQNResult, QNetwork, evaluate, train_dqn, train_dqn_agents
-from course.envs import CARTPOLE_TASKS, CartPoleTask, make_cartpole_vec
-from course.evaluation import ConfidenceInterval, curve_ci
+from course.dqn import DQNConfig, QNetwork, dqn_loss, td_target
+from course.envs import GRID_LAYOUT, GridTask, make_grid_vec
+from course.evaluation import Comparison, compare, compare_censored, curve_band, mean_ci
+from course.mdp import value_iteration
 from course.multitask import MultiHeadQNetwork, MultiTaskConfig, train_multitask_dqn
-from course.population import AgentEnvs, Purpose, derive_seed, linear_init, network_sizes
+from course.population import (
+    Agents,
+    FamilyEnvs,
+    PopulationQNetwork,
+    Purpose,
+    default_device,
+    derive_seed,
+    linear_init,
+    network_sizes,
+    train_population,
+)
+from course.replay import Batch
 
 __all__ = [
-    "ARMS",
     "FINETUNE_CONFIG",
+    "L2SP_ALPHAS",
     "LESSON_TARGETS",
     "MULTITASK_SOURCE_CONFIG",
     "MULTITASK_SOURCE_TASKS",
     "SCRATCH_CONFIG",
     "SOURCE_CONFIG",
+    "SOURCE_TASK",
     "STRATEGIES",
+    "THRESHOLD",
     "Checkpoint",
     "ComparisonResult",
+    "Sources",
     "TransferMetrics",
     "compare_strategies",
-    "format_comparison",
+    "exact_scores",
+    "finetune_update",
+    "format_arms",
+    "format_benchmark",
+    "format_l2sp_sweep",
     "l2sp_penalty",
     "l2sp_regularizer",
+    "load_benchmark",
     "load_checkpoint",
     "multitask_source_state",
+    "per_source",
     "prepare_finetune",
-    "pretrain_multitask_source",
-    "pretrain_source",
+    "pretrain_multitask_sources",
+    "pretrain_sources",
+    "run_benchmark",
     "save_checkpoint",
     "transfer_metrics",
-    "transfer_metrics_ci",
-    "zero_shot_returns",
+    "zero_shot_scores",
 ]
 
 
@@ -189,68 +215,6 @@ def _metrics_batch(
     }
 
 
-def transfer_metrics_ci(
-    steps: torch.Tensor | np.ndarray,
-    scratch_runs: torch.Tensor | np.ndarray,
-    transfer_runs: torch.Tensor | np.ndarray,
-    threshold: float,
-    confidence: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> dict[str, ConfidenceInterval]:
-    """Every :func:`transfer_metrics` with a percentile-bootstrap interval over seeds.
-
-    The metrics are those of the *mean* curves (over runs). A resample draws, independently
-    for each arm, as many runs as it has with replacement (the two arms are independent
-    experiments), and recomputes the metrics of the resampled mean curves. A time to threshold
-    that is never reached counts as ``inf``; interval bounds are order statistics
-    (inverted-CDF quantiles), so an ``inf`` bound means "not reached in at least that share of
-    resamples".
-
-    Args:
-        steps: Step counts ``[T]``.
-        scratch_runs: Scratch learning curves, one per seed ``[N_s, T]``.
-        transfer_runs: Transfer learning curves, one per seed ``[N_t, T]``.
-        threshold: As in :func:`transfer_metrics`.
-        confidence: Coverage level of each interval.
-        n_resamples: Bootstrap resamples.
-        seed: Seed of the resampling; the same seed gives the same intervals.
-
-    Returns:
-        ``{metric name: ConfidenceInterval(estimate, low, high)}``, floats (``inf`` for
-        "never").
-    """
-    x = _as_float64(steps, "steps")
-    runs = []
-    for name, curves in (("scratch_runs", scratch_runs), ("transfer_runs", transfer_runs)):
-        array = np.asarray(
-            curves.detach().cpu().numpy() if isinstance(curves, torch.Tensor) else curves,
-            dtype=np.float64,
-        )
-        if array.ndim != 2 or array.shape[1] != x.size:
-            raise ValueError(f"{name} has shape {array.shape}; expected [runs, {x.size}]")
-        runs.append(array)
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence is {confidence}; use a level in (0, 1), e.g. 0.95")
-    point = transfer_metrics(x, runs[0].mean(0), runs[1].mean(0), threshold)
-    rng = np.random.default_rng(seed)
-    means = [
-        array[rng.integers(0, array.shape[0], size=(n_resamples, array.shape[0]))].mean(1)
-        for array in runs
-    ]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        resampled = _metrics_batch(x, means[0], means[1], threshold)
-    alpha = (1.0 - confidence) / 2.0
-    out = {}
-    for name in METRIC_NAMES:
-        estimate = getattr(point, name)
-        low, high = np.quantile(resampled[name], [alpha, 1.0 - alpha], method="inverted_cdf")
-        out[name] = ConfidenceInterval(
-            math.inf if estimate is None else float(estimate), float(low), float(high)
-        )
-    return out
-
-
 # --- the L2-SP penalty -------------------------------------------------------------------------
 
 
@@ -345,14 +309,6 @@ def l2sp_regularizer(
 
 
 # --- preparing a pretrained network for fine-tuning -------------------------------------------
-
-STRATEGIES: tuple[str, ...] = ("scratch", "scratch_same_eps", "full", "freeze_trunk", "l2sp")
-"""The default arms of :func:`compare_strategies`. ``"scratch_same_eps"`` is a from-scratch
-agent that explores like the fine-tuned ones (the control for the exploration confound).
-:func:`compare_strategies` also knows ``"multitask"``, which needs a multi-task starting point."""
-
-ARMS: tuple[str, ...] = (*STRATEGIES, "multitask")
-"""Every arm :func:`compare_strategies` can run."""
 
 FINETUNE_STRATEGIES: tuple[str, ...] = ("scratch", "full", "freeze_trunk", "l2sp")
 """The strategies :func:`prepare_finetune` knows."""
@@ -452,6 +408,56 @@ def prepare_finetune(
         # follow the weights and the penalty would stay 0
         model.l2sp_reference = {k: v.detach().clone() for k, v in source.items()}
     return model
+
+
+# --- one fine-tuning step ----------------------------------------------------------------------
+
+
+def finetune_update(
+    q_net: nn.Module,
+    target_net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    gamma: float,
+    alpha: float = 0.0,
+    exclude: Sequence[str] = ("head",),
+) -> float:
+    """One gradient step of fine-tuning: the DQN loss plus, for L2-SP, the penalty.
+
+    Taught in Lesson 05, where the student assembles it from Lesson 03's pieces
+    (:func:`course.dqn.td_target`, :func:`course.dqn.dqn_loss`) and :func:`l2sp_penalty`,
+    for a network prepared by :func:`prepare_finetune` and an optimizer over its trainable
+    parameters only:
+
+    1. targets from ``target_net`` without gradient (the plain target of :func:`td_target`);
+    2. the mean Huber loss on the taken actions (:func:`dqn_loss`);
+    3. if ``q_net`` has an ``l2sp_reference`` (the ``"l2sp"`` strategy), plus
+       ``l2sp_penalty(q_net, q_net.l2sp_reference, alpha, exclude)``: the pull back toward the
+       *pretrained* weights, the fresh or task-specific head excluded;
+    4. gradients zeroed before ``backward``, then one ``optimizer.step()``.
+
+    Args:
+        q_net: Online network ``[B, D] -> [B, A]``, updated in place by ``optimizer``.
+        target_net: Target network of the same shape; only read.
+        optimizer: Optimizer over ``q_net``'s trainable parameters.
+        batch: Replay transitions (:class:`course.replay.Batch`).
+        gamma: Discount factor.
+        alpha: Strength of the L2-SP penalty (used only when ``q_net`` has an anchor).
+        exclude: Name prefixes the penalty skips.
+
+    Returns:
+        The loss of this batch before the step (TD loss plus penalty), as a Python float.
+    """
+    with torch.no_grad():
+        targets = td_target(batch.rewards, target_net(batch.next_obs), batch.terminated, gamma)
+    loss = dqn_loss(q_net(batch.obs), batch.actions, targets)
+    reference = getattr(q_net, "l2sp_reference", None)
+    if reference is not None:
+        loss = loss + l2sp_penalty(q_net, reference, alpha, exclude)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
 
 
 # --- checkpoints --------------------------------------------------------------------------------
@@ -567,427 +573,770 @@ def load_checkpoint(
     return Checkpoint(state_dict, config, obs_dim, n_actions, dict(payload.get("info", {})))
 
 
-# --- the experiment of the lesson ---------------------------------------------------------------
+# --- the experiment of the lesson: the grid family ---------------------------------------------
+#
+# Why the grid family: its tasks learn in a few thousand steps and are scored exactly (the
+# greedy policy's expected return from the MDP, no evaluation episodes), so ten seeds of every
+# arm fit in the lesson's budget and an effect is not drowned in evaluation noise. The goals
+# make "near" and "far" concrete: a goal next to the source's shares most of its greedy moves,
+# the opposite corner shares none.
 
-SOURCE_CONFIG = DQNConfig(
-    total_steps=20_000,
-    num_envs=4,
-    hidden=(64, 64),
-    lr=1e-3,
-    lr_decay_fraction=1.0,
-    buffer_size=20_000,
-    batch_size=64,
-    learning_starts=1_000,
-    updates_per_step=0.25,
-    target_update_interval=250,
-    eps_start=1.0,
-    eps_end=0.01,
-    exploration_fraction=0.2,
-    eval_every=2_500,
-    eval_episodes=5,
-)
-"""Pretraining on the source task (CartPole-v1 physics)."""
 
-SCRATCH_CONFIG = dataclasses.replace(
-    SOURCE_CONFIG, total_steps=10_000, buffer_size=10_000, eval_every=1_000
-)
-"""Training on a target task from scratch: epsilon from 1 down to 0.01 over 20% of the steps."""
+def _grid_task(goal: tuple[int, int]) -> GridTask:
+    return GridTask(GRID_LAYOUT, goal, start="uniform")
 
-FINETUNE_CONFIG = dataclasses.replace(SCRATCH_CONFIG, eps_start=0.1)
-"""Fine-tuning on a target task: the same budget, but epsilon starts at 0.1, because a
-pretrained agent already acts sensibly and full exploration would waste its head start."""
 
-LESSON_TARGETS: dict[str, CartPoleTask] = {
-    "near (pole 1.0)": CARTPOLE_TASKS["long_pole"],
-    "far (pole 2.0)": CARTPOLE_TASKS["very_long_pole"],
-    "control (cart 3.0)": CARTPOLE_TASKS["heavy_cart"],
+SOURCE_TASK: GridTask = _grid_task((0, 6))
+"""The source task: reach the top-right corner of Lesson 04's grid, starting anywhere (a
+uniform start makes every cell's greedy move count in the score)."""
+
+LESSON_TARGETS: dict[str, GridTask] = {
+    "near (goal 1,6)": _grid_task((1, 6)),
+    "far (goal 6,0)": _grid_task((6, 0)),
 }
-"""Target tasks of the lesson: a near one, a far one, and a control that the source policy
-already solves zero-shot (nothing for fine-tuning to gain)."""
+"""Target tasks: a goal one cell below the source's (most greedy moves are shared), and the
+opposite corner (every greedy move of the source points the wrong way)."""
 
-L2SP_ALPHA = 0.01
-"""Strength of the L2-SP penalty in :func:`compare_strategies` (summed over all weights)."""
-
-
-def _cartpole_env(task: CartPoleTask) -> Callable[[int], Any]:
-    return lambda num_envs: make_cartpole_vec([task], num_envs)
-
-
-def zero_shot_returns(
-    state: Mapping[str, torch.Tensor],
-    tasks: Mapping[str, CartPoleTask],
-    n_episodes: int = 20,
-    seed: int = 10**6,
-) -> dict[str, float]:
-    """Mean greedy return of a :class:`course.dqn.QNetwork` state dict on each task, untrained.
-
-    Args:
-        state: The network's weights.
-        tasks: Tasks by name.
-        n_episodes: Episodes per task.
-        seed: Reset seed of the episodes (the same start states on every task).
-
-    Returns:
-        ``{name: mean return}``.
-    """
-    obs_dim, n_actions, hidden = _network_sizes(state)
-    net = QNetwork(obs_dim, n_actions, hidden)
-    net.load_state_dict(dict(state))
-    return {
-        name: evaluate(net, _cartpole_env(task), n_episodes, seed).mean().item()
-        for name, task in tasks.items()
-    }
-
-
-def pretrain_source(
-    config: DQNConfig = SOURCE_CONFIG,
-    seed: int = 0,
-    task: CartPoleTask = CARTPOLE_TASKS["default"],
-    device: torch.device | str | None = None,
-    progress: bool = False,
-) -> DQNResult:
-    """Train the source agent: one DQN on ``task`` (default CartPole physics).
-
-    Args:
-        config: Hyperparameters.
-        seed: Seed of the agent.
-        task: Source task.
-        device: Torch device.
-        progress: Show a progress bar.
-
-    Returns:
-        The :class:`course.dqn.DQNResult`; ``result.states[0]`` are the source weights.
-    """
-    return train_dqn(config, [seed], _cartpole_env(task), device=device, progress=progress)
-
-
-MULTITASK_SOURCE_TASKS: tuple[CartPoleTask, ...] = (
-    CARTPOLE_TASKS["default"],
-    CARTPOLE_TASKS["mirrored"],
+SCRATCH_CONFIG = DQNConfig(
+    total_steps=2_000,
+    num_envs=4,
+    hidden=(64,),
+    lr=1e-3,
+    lr_end_fraction=0.1,
+    lr_decay_fraction=1.0,
+    gamma=0.9,
+    buffer_size=10_000,
+    batch_size=64,
+    learning_starts=200,
+    updates_per_step=0.5,
+    target_update_interval=50,
+    eps_start=1.0,
+    eps_end=0.05,
+    exploration_fraction=0.3,
+    eval_every=250,
+    eval_episodes=1,
 )
-"""The multi-task source: Lesson 04's CartPole pair, the default task and its mirrored twin."""
+"""Training a fresh network (or a fresh head) on a target: epsilon from 1 down to 0.05 over the
+first 30% of 2,000 steps (900 updates). The grid is scored exactly, so ``eval_episodes`` is
+unused."""
+
+FINETUNE_CONFIG = dataclasses.replace(SCRATCH_CONFIG, eps_start=0.2)
+"""Fine-tuning a pretrained network: the same budget, but epsilon starts at 0.2, since the
+pretrained policy already acts; only the exploration differs from :data:`SCRATCH_CONFIG`."""
+
+SOURCE_CONFIG = dataclasses.replace(SCRATCH_CONFIG, total_steps=3_000)
+"""Pretraining on the source task: :data:`SCRATCH_CONFIG` with 3,000 steps."""
+
+MULTITASK_SOURCE_TASKS: tuple[GridTask, ...] = (SOURCE_TASK, _grid_task((6, 6)))
+"""The multi-task source: the source task and the bottom-right corner (Lesson 04's heads)."""
 
 MULTITASK_SOURCE_CONFIG = MultiTaskConfig(
     steps_per_task=SOURCE_CONFIG.total_steps // len(MULTITASK_SOURCE_TASKS),
     envs_per_task=SOURCE_CONFIG.num_envs // len(MULTITASK_SOURCE_TASKS),
     hidden=SOURCE_CONFIG.hidden,
     lr=SOURCE_CONFIG.lr,
-    lr_end_fraction=0.0,
+    lr_end_fraction=SOURCE_CONFIG.lr_end_fraction,
+    lr_decay_fraction=SOURCE_CONFIG.lr_decay_fraction,
     gamma=SOURCE_CONFIG.gamma,
     buffer_size=SOURCE_CONFIG.buffer_size,
     batch_size=SOURCE_CONFIG.batch_size,
     learning_starts=SOURCE_CONFIG.learning_starts,
     updates_per_step=SOURCE_CONFIG.updates_per_step,
     target_update_interval=SOURCE_CONFIG.target_update_interval,
+    eps_start=SOURCE_CONFIG.eps_start,
     eps_end=SOURCE_CONFIG.eps_end,
     exploration_fraction=SOURCE_CONFIG.exploration_fraction,
     eval_every=SOURCE_CONFIG.eval_every // len(MULTITASK_SOURCE_TASKS),
-    eval_episodes=SOURCE_CONFIG.eval_episodes,
 )
-"""Pretraining of the multi-task source: :data:`SOURCE_CONFIG`'s network, hyperparameters and
-total budget (its 20,000 steps split between the two tasks, its 4 envs too), so that the
-single-task and the multi-task starting points cost the same number of source steps."""
+"""The multi-task source's training: :data:`SOURCE_CONFIG`'s network, hyperparameters and total
+budget (its 3,000 steps and 4 envs split between the two tasks), so that both kinds of starting
+point cost the same source steps."""
+
+L2SP_ALPHAS: tuple[float, ...] = (0.01, 0.1, 1.0)
+"""Strengths of the L2-SP arms (the penalty is summed over the trunk's weights)."""
+
+THRESHOLD = 0.9
+"""Normalised return that counts as "reached" (90% of the optimal expected return)."""
+
+STRATEGIES: tuple[str, ...] = ("scratch", "scratch_same_eps", "full", "freeze_trunk", "l2sp")
+"""The arms of :func:`compare_strategies` (``"l2sp"`` runs one arm per strength,
+``"l2sp_<alpha>"``). ``"scratch_same_eps"`` is the **exploration control**: a fresh network
+trained with the fine-tuned arms' exploration; ``"freeze_trunk"``'s fresh head explores like
+``"scratch"``."""
 
 
-def pretrain_multitask_source(
-    config: MultiTaskConfig = MULTITASK_SOURCE_CONFIG,
-    seed: int = 0,
-    tasks: Sequence[CartPoleTask] = MULTITASK_SOURCE_TASKS,
-    device: torch.device | str | None = None,
-    progress: bool = False,
-) -> MultiHeadQNetwork:
-    """Train the multi-task source: one multi-head DQN (Lesson 04) on ``tasks``.
+def exact_scores(q_values: torch.Tensor, tasks: Sequence[GridTask]) -> torch.Tensor:
+    """Normalised exact return of greedy policies: ``V^pi(start) / V*(start)`` per agent.
+
+    Taught in Lesson 05. The greedy policy of agent ``n`` (first maximum on ties) is evaluated
+    exactly on ``tasks[n]``'s MDP (:func:`course.mdp.policy_evaluation`'s linear system) and
+    divided by the optimal value, both averaged over the task's start distribution: 1 is
+    optimal, 0 never reaches the goal.
 
     Args:
-        config: Hyperparameters (``architecture`` must be ``"heads"``).
-        seed: Seed of the agent.
-        tasks: Source tasks; head ``k`` answers ``tasks[k]``.
-        device: Torch device.
-        progress: Show a progress bar.
+        q_values: ``[N, S, A]`` action values of every state, rows in the MDP's state order
+            (the rows of ``env.observations()``).
+        tasks: ``N`` grid tasks on one layout.
 
     Returns:
-        The trained :class:`course.multitask.MultiHeadQNetwork` (on the CPU).
+        ``[N]`` float32 scores in ``[0, 1]``.
+    """
+    if q_values.dim() != 3 or q_values.shape[0] != len(tasks):
+        raise ValueError(
+            f"q_values has shape {tuple(q_values.shape)} for {len(tasks)} tasks; "
+            "expected [N, S, A] with one task per row"
+        )
+    solved = [_solve(task) for task in tasks]
+    P = torch.stack([s[0] for s in solved])  # [N, S, A, S]
+    R = torch.stack([s[1] for s in solved])  # [N, S, A]
+    initial = torch.stack([s[2] for s in solved])  # [N, S]
+    optimum = torch.tensor([s[4] for s in solved], dtype=torch.float64)
+    gamma = solved[0][3]
+    n_states = P.shape[1]
+    greedy = F.one_hot(q_values.detach().cpu().argmax(-1), P.shape[2]).double()
+    P_pi = torch.einsum("nsa,nsat->nst", greedy, P)
+    r_pi = (greedy * R).sum(-1)
+    eye = torch.eye(n_states, dtype=torch.float64)
+    values = torch.linalg.solve(eye - gamma * P_pi, r_pi.unsqueeze(-1)).squeeze(-1)
+    return ((initial * values).sum(-1) / optimum).float()
+
+
+_SOLVED: dict[GridTask, tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]] = {}
+
+
+def _solve(task: GridTask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
+    """``(P, R, initial, gamma, optimal start value)`` of a task, cached (tasks are frozen)."""
+    if task not in _SOLVED:
+        mdp = task.mdp()
+        V, _ = value_iteration(mdp)
+        _SOLVED[task] = (mdp.P, mdp.R, mdp.initial, mdp.gamma, float(mdp.initial @ V))
+    return _SOLVED[task]
+
+
+def _grid_envs(tasks: Sequence[GridTask], num_envs: int) -> FamilyEnvs:
+    """Agent ``n`` steps ``num_envs`` sub-envs of ``tasks[n]``."""
+    return FamilyEnvs(make_grid_vec(list(tasks), num_envs), len(tasks), 1)
+
+
+def _scorer(
+    envs: FamilyEnvs, columns: Sequence[Sequence[GridTask]], device: torch.device
+) -> Callable[[Callable, int], torch.Tensor]:
+    """``score(q_fn, index) -> [N, M]``: column ``m`` is :func:`exact_scores` on
+    ``columns[m]`` (one task per agent)."""
+    obs_table = torch.from_numpy(envs.env.observations()).to(device)
+    obs = obs_table.unsqueeze(0).expand(envs.n_agents, -1, -1)
+    rows = torch.zeros(obs.shape[:2], dtype=torch.int64, device=device)
+
+    def score(q_fn: Callable, index: int) -> torch.Tensor:
+        q = q_fn(obs, rows)
+        return torch.stack([exact_scores(q, tasks) for tasks in columns], dim=-1)
+
+    return score
+
+
+def _train(
+    seeds: Sequence[int],
+    tasks: Sequence[GridTask],
+    config: DQNConfig,
+    columns: Sequence[Sequence[GridTask]],
+    device: torch.device,
+    init_states: Sequence[Mapping[str, torch.Tensor]] | None = None,
+    frozen: tuple[str, ...] = (),
+    penalty: Callable[[PopulationQNetwork], torch.Tensor] | None = None,
+) -> Any:
+    """One :func:`course.population.train_population` call: agent ``n`` trains on
+    ``tasks[n]`` and is scored on every column."""
+    envs = _grid_envs(tasks, config.num_envs)
+    score = _scorer(envs, columns, device)
+    agents = Agents(
+        seeds=tuple(seeds),
+        envs=envs,
+        n_tasks=1,
+        score=score,
+        init_states=init_states,
+        frozen=frozen,
+        penalty=penalty,
+    )
+    try:
+        return train_population(agents, config, config.total_steps, config.eval_every, device)
+    finally:
+        envs.close()
+
+
+class Sources(NamedTuple):
+    """Pretrained source networks, one per seed.
+
+    Attributes:
+        states: One :class:`course.dqn.QNetwork` state dict per seed (on the CPU).
+        scores: ``[n_sources]`` their exact normalised return on the source task.
+        steps: Source-task environment steps each one cost.
+    """
+
+    states: list[dict[str, torch.Tensor]]
+    scores: torch.Tensor
+    steps: int
+
+
+def pretrain_sources(
+    seeds: Sequence[int],
+    config: DQNConfig = SOURCE_CONFIG,
+    task: GridTask = SOURCE_TASK,
+    device: torch.device | str | None = None,
+) -> Sources:
+    """Train one single-task DQN per seed on the source task (all at once).
+
+    Args:
+        seeds: Seeds of the source networks.
+        config: Hyperparameters and budget.
+        task: The source task.
+        device: Torch device.
+
+    Returns:
+        The :class:`Sources`.
+    """
+    dev = default_device(device)
+    run = _train(seeds, [task] * len(seeds), config, [[task] * len(seeds)], dev)
+    states = [
+        {k: v.cpu() for k, v in run.network.agent_state_dict(a).items()} for a in range(len(seeds))
+    ]
+    return Sources(states, run.scores[:, -1, 0].clone(), config.total_steps)
+
+
+def pretrain_multitask_sources(
+    seeds: Sequence[int],
+    config: MultiTaskConfig = MULTITASK_SOURCE_CONFIG,
+    tasks: Sequence[GridTask] = MULTITASK_SOURCE_TASKS,
+    device: torch.device | str | None = None,
+) -> Sources:
+    """Train one multi-head DQN (Lesson 04) per seed on ``tasks``; keep head 0 as the source.
+
+    Each network's shared trunk and the head of ``tasks[0]`` (the source task) become a
+    single-task state dict (:func:`multitask_source_state`), scored on ``tasks[0]``.
+
+    Args:
+        seeds: Seeds of the networks.
+        config: Hyperparameters (``architecture`` must be ``"heads"``).
+        tasks: The source tasks; ``tasks[0]`` is the one whose head is kept.
+        device: Torch device.
+
+    Returns:
+        The :class:`Sources`; ``steps`` counts every task's steps.
     """
     if config.architecture != "heads":
         raise ValueError(f"architecture is {config.architecture!r}; the source needs 'heads'")
-    result = train_multitask_dqn([list(tasks)], [seed], config, device=device, progress=progress)
-    return result.network.agent(0)
+    result = train_multitask_dqn([list(tasks)] * len(seeds), seeds, config, device=device)
+    states = [multitask_source_state(result.network.agent(a), head=0) for a in range(len(seeds))]
+    return Sources(states, result.scores[:, -1, 0].clone(), config.steps_per_task * len(tasks))
 
 
 def multitask_source_state(network: MultiHeadQNetwork, head: int = 0) -> dict[str, torch.Tensor]:
     """A multi-head network as a single-task :class:`course.dqn.QNetwork` state dict.
 
     The shared trunk is kept as it is and head ``head`` becomes the network's only head: the
-    multi-task agent's policy for that task, ready for :func:`compare_strategies`.
+    multi-task agent's policy for that task.
 
     Args:
         network: A trained :class:`course.multitask.MultiHeadQNetwork`.
-        head: Which task's head to keep (the task most related to the targets).
+        head: Which task's head to keep.
 
     Returns:
-        ``{"trunk.0.weight": ..., "head.weight": ..., "head.bias": ...}`` (copies).
+        ``{"trunk.0.weight": ..., "head.weight": ..., "head.bias": ...}`` (copies, CPU).
 
     Raises:
         ValueError: If ``head`` is not one of the network's heads.
     """
     if not 0 <= head < network.n_tasks:
         raise ValueError(f"head {head} does not exist; the network has {network.n_tasks} heads")
-    state = {k: v.detach().clone() for k, v in network.trunk.state_dict().items()}
-    state = {f"trunk.{k}": v for k, v in state.items()}
+    state = {f"trunk.{k}": v.detach().cpu().clone() for k, v in network.trunk.state_dict().items()}
     chosen = network.heads[head]
-    state["head.weight"] = chosen.weight.detach().clone()
-    state["head.bias"] = chosen.bias.detach().clone()
+    state["head.weight"] = chosen.weight.detach().cpu().clone()
+    state["head.bias"] = chosen.bias.detach().cpu().clone()
     return state
 
 
-@dataclass
-class ComparisonResult:
-    """Learning curves of every strategy on every target task.
+def zero_shot_scores(
+    states: Sequence[Mapping[str, torch.Tensor]], tasks: Mapping[str, GridTask]
+) -> dict[str, torch.Tensor]:
+    """Exact normalised return of untrained networks on each task (their zero-shot score).
 
-    Attributes:
-        steps: Target-task environment steps at each evaluation ``[T]``.
-        curves: ``curves[target][strategy]`` is the mean greedy return per seed ``[N, T]``.
-        seeds: The ``N`` seeds.
-        source_steps: Environment steps spent on the source task to make the pretrained
-            network (not included in ``steps``).
-        wall_time: Seconds spent training.
+    Args:
+        states: :class:`course.dqn.QNetwork` state dicts (grid observations, one-hot).
+        tasks: Tasks by name.
+
+    Returns:
+        ``{name: [len(states)] scores}``.
     """
-
-    steps: torch.Tensor
-    curves: dict[str, dict[str, torch.Tensor]]
-    seeds: tuple[int, ...]
-    source_steps: int
-    wall_time: float
-
-    def metrics_ci(
-        self,
-        target: str,
-        strategy: str,
-        threshold: float,
-        baseline: str = "scratch",
-        n_resamples: int = 2000,
-        seed: int = 0,
-    ) -> dict[str, ConfidenceInterval]:
-        """:func:`transfer_metrics_ci` of ``strategy`` against ``baseline`` on ``target``."""
-        arms = self.curves[target]
-        return transfer_metrics_ci(
-            self.steps,
-            arms[baseline],
-            arms[strategy],
-            threshold,
-            n_resamples=n_resamples,
-            seed=seed,
-        )
-
-    def band(self, target: str, strategy: str, seed: int = 0) -> tuple[np.ndarray, ...]:
-        """``(mean, low, high)`` ``[T]`` of a strategy's curves, a 95% bootstrap band."""
-        return curve_ci(self.curves[target][strategy], seed=seed)
-
-    def with_arms(self, other: ComparisonResult) -> ComparisonResult:
-        """This comparison plus the arms of ``other``, run later on the same grid.
-
-        Raises:
-            ValueError: If ``other`` has other targets, seeds, evaluation steps or source steps
-                (its curves would not be comparable), or an arm this comparison already has.
-        """
-        same = (
-            set(other.curves) == set(self.curves)
-            and other.seeds == self.seeds
-            and torch.equal(other.steps, self.steps)
-            and other.source_steps == self.source_steps
-        )
-        if not same:
-            raise ValueError(
-                "the two comparisons differ in targets, seeds, evaluation steps or source steps; "
-                "run the new arms with the same arguments"
-            )
-        twice = [(t, s) for t, arms in other.curves.items() for s in arms if s in self.curves[t]]
-        if twice:
-            raise ValueError(f"arms {twice} are in both comparisons; keep them in one")
-        curves = {t: {**arms, **other.curves[t]} for t, arms in self.curves.items()}
-        return dataclasses.replace(self, curves=curves, wall_time=self.wall_time + other.wall_time)
+    obs = torch.from_numpy(make_grid_vec([next(iter(tasks.values()))]).observations())
+    q = []
+    for state in states:
+        sizes = network_sizes(state)
+        net = QNetwork(sizes.obs_dim, sizes.n_actions, sizes.hidden)
+        net.load_state_dict(dict(state))
+        with torch.no_grad():
+            q.append(net(obs))
+    stacked = torch.stack(q)
+    return {name: exact_scores(stacked, [task] * len(states)) for name, task in tasks.items()}
 
 
-def _fresh_state(template: Mapping[str, torch.Tensor], strategy: str, seed: int) -> dict:
-    """The starting weights of a strategy for one seed (fresh parts drawn from the seed)."""
-    obs_dim, n_actions, hidden = _network_sizes(template)
-    net = QNetwork(obs_dim, n_actions, hidden)
-    net.load_state_dict(dict(template))
-    kind = {"scratch_same_eps": "scratch", "multitask": "full"}.get(strategy, strategy)
+def _arm_names(strategies: Sequence[str], alphas: Sequence[float]) -> list[str]:
+    names = []
+    for strategy in strategies:
+        if strategy == "l2sp":
+            names += [f"l2sp_{alpha:g}" for alpha in alphas]
+        elif strategy in STRATEGIES:
+            names.append(strategy)
+        else:
+            raise ValueError(f"unknown strategy {strategy!r}; use some of {list(STRATEGIES)}")
+    return names
+
+
+def _start_state(source: Mapping[str, torch.Tensor], arm: str, seed: int) -> dict:
+    """The starting weights of an arm for one seed (fresh parts drawn from the seed)."""
+    sizes = network_sizes(source)
+    net = QNetwork(sizes.obs_dim, sizes.n_actions, sizes.hidden)
+    net.load_state_dict(dict(source))
+    kind = "scratch" if arm.startswith("scratch") else "full" if arm.startswith("l2sp") else arm
     generator = torch.Generator().manual_seed(derive_seed(seed, Purpose.FRESH))
     prepare_finetune(net, kind, generator=generator)
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
+def _population_penalty(
+    regularizer: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+) -> Callable[[PopulationQNetwork], torch.Tensor]:
+    """``Agents.penalty`` from a function of the stacked named parameters."""
+    return lambda q_net: regularizer(q_net.named_agent_parameters())
+
+
+@dataclass
+class ComparisonResult:
+    """Every arm on every target, one run per seed, with what each run did to the source task.
+
+    Attributes:
+        steps: Target-task environment steps at each evaluation ``[T]``.
+        curves: ``curves[target][arm]``: exact normalised return on the target ``[N, T]``.
+        source_curves: ``source_curves[target][arm]``: the same network's return on the source
+            task ``[N, T]`` (forgetting: it starts at the source network's own score).
+        distances: ``distances[target][arm]``: L2 distance of the final trunk from the
+            pretrained trunk ``[N]`` (what L2-SP penalises).
+        seeds: The ``N`` seeds.
+        source_of_seed: ``[N]`` index of the source network seed ``i`` started from.
+        alphas: L2-SP strength of each ``"l2sp_<alpha>"`` arm.
+        source_steps: Environment steps spent on the source task per source network (not
+            counted in ``steps``).
+        wall_time: Seconds spent training.
+    """
+
+    steps: torch.Tensor
+    curves: dict[str, dict[str, torch.Tensor]]
+    source_curves: dict[str, dict[str, torch.Tensor]]
+    distances: dict[str, dict[str, torch.Tensor]]
+    seeds: tuple[int, ...]
+    source_of_seed: tuple[int, ...]
+    alphas: dict[str, float]
+    source_steps: int
+    wall_time: float
+
+    def band(self, target: str, arm: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(mean, low, high)`` ``[T]``: a 95% Student-t band over seeds of an arm's curves."""
+        return curve_band(self.curves[target][arm])
+
+    def measure(self, target: str, arm: str, name: str, threshold: float = THRESHOLD) -> np.ndarray:
+        """One number per seed ``[N]`` of an arm on a target.
+
+        Names: ``"start"`` (the score before any update: zero-shot for pretrained starts),
+        ``"final"``, ``"area"`` (mean score over the budget, trapezoids over ``steps``),
+        ``"steps_to_threshold"`` (first evaluation step with score ``>= threshold``; ``inf``
+        if never), ``"source_before"`` / ``"source_after"`` (score on the source task before
+        and after), ``"distance"`` (see :attr:`distances`).
+        """
+        curve = self.curves[target][arm].double().numpy()
+        x = self.steps.double().numpy()
+        if name == "start":
+            return curve[:, 0]
+        if name == "final":
+            return curve[:, -1]
+        if name == "area":
+            return np.trapezoid(curve, x, axis=1) / (x[-1] - x[0])
+        if name == "steps_to_threshold":
+            hit = curve >= threshold
+            return np.where(hit.any(1), x[hit.argmax(1)], np.inf)
+        if name in ("source_before", "source_after"):
+            source = self.source_curves[target][arm].double().numpy()
+            return source[:, 0 if name == "source_before" else -1]
+        if name == "distance":
+            return self.distances[target][arm].double().numpy()
+        raise ValueError(
+            f"unknown measure {name!r}; use start, final, area, steps_to_threshold, "
+            "source_before, source_after or distance"
+        )
+
+    def compare(
+        self,
+        target: str,
+        a: str,
+        b: str,
+        name: str = "area",
+        b_name: str | None = None,
+        threshold: float = THRESHOLD,
+    ) -> Comparison:
+        """:func:`course.evaluation.compare` of measure ``name`` of arm ``a`` against arm
+        ``b``'s measure ``b_name`` (default the same), paired by seed.
+
+        ``"steps_to_threshold"`` uses :func:`course.evaluation.compare_censored` ("never"
+        counted at the budget). ``compare(t, "full", "full", "final", "start")`` asks whether
+        fine-tuning improved on its own zero-shot start.
+        """
+        b_name = b_name or name
+        x = self.measure(target, a, name, threshold)
+        y = self.measure(target, b, b_name, threshold)
+        label_a = a if b_name == name else f"{a} {name}"
+        label_b = b if b_name == name else f"{b} {b_name}"
+        if name == "steps_to_threshold" and b_name == name:
+            budget = float(self.steps[-1])
+            return compare_censored(x, y, budget, names=(label_a, label_b))
+        higher = name != "distance"
+        return compare(x, y, names=(label_a, label_b), higher_is_better=higher)
+
+    def reached(self, target: str, arm: str, threshold: float = THRESHOLD) -> int:
+        """How many seeds reached ``threshold`` within the budget."""
+        return int(np.isfinite(self.measure(target, arm, "steps_to_threshold", threshold)).sum())
+
+    def metrics(self, target: str, arm: str, baseline: str = "scratch") -> TransferMetrics:
+        """:func:`transfer_metrics` of the mean curves of ``arm`` against ``baseline``."""
+        arms = self.curves[target]
+        return transfer_metrics(self.steps, arms[baseline].mean(0), arms[arm].mean(0), THRESHOLD)
+
+
 def compare_strategies(
-    source_state: Mapping[str, torch.Tensor],
-    targets: Mapping[str, CartPoleTask] = LESSON_TARGETS,
+    sources: Sequence[Mapping[str, torch.Tensor]],
+    targets: Mapping[str, GridTask] = LESSON_TARGETS,
     strategies: Sequence[str] = STRATEGIES,
-    seeds: Sequence[int] = range(5),
+    seeds: Sequence[int] = range(10),
     config: DQNConfig = FINETUNE_CONFIG,
     scratch_config: DQNConfig = SCRATCH_CONFIG,
-    l2sp_alpha: float = L2SP_ALPHA,
+    l2sp_alphas: Sequence[float] = L2SP_ALPHAS,
+    source_task: GridTask = SOURCE_TASK,
     source_steps: int = 0,
-    multitask_state: Mapping[str, torch.Tensor] | None = None,
     device: torch.device | str | None = None,
-    progress: bool = False,
 ) -> ComparisonResult:
-    """Fine-tune from ``source_state`` with every strategy on every target, several seeds each.
+    """Fine-tune with every strategy on every target, one run per seed; the lesson's experiment.
 
-    Arms (``strategies``):
+    Seed ``i`` starts from ``sources[i % len(sources)]``. Arms (``strategies``):
 
-    - ``"scratch"``: fresh weights, trained with ``scratch_config`` (full exploration);
-    - ``"scratch_same_eps"``: the same fresh weights, trained with ``config``, the fine-tuned
-      arms' exploration schedule: any gap between this arm and ``"scratch"`` is the effect of
-      exploration alone, not of transfer;
-    - ``"full"``: the source weights, all trained, with ``config``;
-    - ``"freeze_trunk"``: the source trunk, frozen, and a fresh head, with ``config``;
-    - ``"l2sp"``: the source weights, all trained, with ``config`` plus the L2-SP penalty
-      toward the source weights (``l2sp_alpha``; the head is excluded);
-    - ``"multitask"``: ``multitask_state`` (a multi-task agent's trunk and one head, see
-      :func:`multitask_source_state`), all trained, with ``config``: full fine-tuning from
-      another starting point.
+    - ``"scratch"``: fresh weights, ``scratch_config`` (full exploration);
+    - ``"scratch_same_eps"``: the exploration control: the same fresh weights, trained with
+      ``config``, the fine-tuned arms' exploration;
+    - ``"full"``: the source weights, all trained, ``config``;
+    - ``"freeze_trunk"``: the source trunk, frozen, and a fresh head, ``scratch_config``: a
+      fresh head needs the exploration of a fresh network;
+    - ``"l2sp"``: one arm ``"l2sp_<alpha>"`` per strength: the source weights, all trained,
+      ``config``, plus :func:`l2sp_penalty` toward the source weights (head excluded).
 
-    Seed ``s`` gives the same fresh weights (scratch arms) and the same fresh head to every
-    target, and the same environment and exploration random streams to every arm (common random
-    numbers make the arms' differences less noisy). Arms that share a config and frozen parts are
-    trained in one :func:`course.dqn.train_dqn_agents` call, each agent on its own target.
+    Seed ``i`` gives every arm and target the same fresh weights, fresh head, environment and
+    exploration streams (common random numbers), so arms compare seed by seed. Arms that share
+    a config and frozen parts train in one :func:`course.population.train_population` call;
+    every network is scored exactly on its target and on the source task at each evaluation.
 
     Args:
-        source_state: The pretrained :class:`course.dqn.QNetwork` state dict.
-        targets: Target tasks by name.
-        strategies: Arms to run (any of :data:`ARMS`).
-        seeds: Seeds; each arm runs every seed on every target.
-        config: Fine-tuning configuration (also ``"scratch_same_eps"``).
-        scratch_config: Configuration of ``"scratch"``; same budget and evaluation grid as
-            ``config``.
-        l2sp_alpha: Strength of the L2-SP penalty.
-        source_steps: Environment steps spent pretraining, recorded in the result so that a
-            report can say whether they are counted.
-        multitask_state: Starting weights of the ``"multitask"`` arm; same sizes as
-            ``source_state``.
+        sources: Pretrained :class:`course.dqn.QNetwork` state dicts (same sizes).
+        targets: Target tasks by name (grid tasks on the source's layout).
+        strategies: Arms to run (some of :data:`STRATEGIES`).
+        seeds: Seeds.
+        config: Configuration of the pretrained arms and of the exploration control.
+        scratch_config: Configuration of ``"scratch"`` and ``"freeze_trunk"``; same budget and
+            evaluation grid as ``config``.
+        l2sp_alphas: Strengths of the L2-SP arms.
+        source_task: The task the sources were trained on (scored for forgetting).
+        source_steps: Source steps per source network, recorded in the result.
         device: Torch device.
-        progress: Show progress bars.
 
     Returns:
         A :class:`ComparisonResult`.
 
     Raises:
-        ValueError: For an unknown strategy, a ``"multitask"`` arm without (or with a
-            mismatched) ``multitask_state``, or configs with different budgets or grids.
+        ValueError: For an unknown strategy, sources of different sizes, or configs with
+            different budgets or grids.
     """
     start = time.perf_counter()
-    unknown = [s for s in strategies if s not in ARMS]
-    if unknown:
-        raise ValueError(f"unknown strategies {unknown}; use some of {list(ARMS)}")
-    if "multitask" in strategies:
-        if multitask_state is None:
-            raise ValueError("the 'multitask' arm needs multitask_state (multitask_source_state)")
-        if _network_sizes(multitask_state) != _network_sizes(source_state):
-            raise ValueError(
-                f"multitask_state has sizes {_network_sizes(multitask_state)} but the source "
-                f"has {_network_sizes(source_state)}; pretrain both with the same hidden sizes"
-            )
+    arms = _arm_names(strategies, l2sp_alphas)
     grid = ("total_steps", "num_envs", "eval_every", "hidden")
     if any(getattr(config, f) != getattr(scratch_config, f) for f in grid):
         raise ValueError(f"config and scratch_config must agree on {', '.join(grid)}")
+    sources = [{k: v.detach().cpu() for k, v in s.items()} for s in sources]
+    if not sources or any(network_sizes(s) != network_sizes(sources[0]) for s in sources):
+        raise ValueError("give at least one source, all of the same sizes")
     seeds = tuple(int(s) for s in seeds)
-    starts = {"source": source_state, "multitask": multitask_state or source_state}
-    starts = {name: {k: v.detach().cpu() for k, v in st.items()} for name, st in starts.items()}
-    source = starts["source"]
+    source_of = {s: i % len(sources) for i, s in enumerate(seeds)}
+    alphas = {f"l2sp_{a:g}": float(a) for a in l2sp_alphas}
+    dev = default_device(device)
 
-    # one train_dqn call per (config, frozen prefixes); agents listed as (target, strategy, seed)
-    groups: dict[tuple[str, tuple[str, ...]], list[tuple[str, str, int]]] = {}
-    for strategy in strategies:
-        key = (
-            "scratch" if strategy == "scratch" else "finetune",
-            ("trunk",) if strategy == "freeze_trunk" else (),
+    groups: dict[tuple[bool, tuple[str, ...]], list[tuple[str, str, int]]] = {}
+    for arm in arms:
+        fresh_exploration = arm in ("scratch", "freeze_trunk")
+        frozen = ("trunk",) if arm == "freeze_trunk" else ()
+        groups.setdefault((fresh_exploration, frozen), []).extend(
+            (target, arm, seed) for target in targets for seed in seeds
         )
-        groups.setdefault(key, []).extend(
-            (target, strategy, seed) for target in targets for seed in seeds
-        )
-
-    curves: dict[str, dict[str, torch.Tensor]] = {t: {} for t in targets}
-    steps = torch.empty(0)
-    for (kind, freeze), agents in groups.items():
-        cfg = scratch_config if kind == "scratch" else config
-        states = [
-            _fresh_state(starts["multitask" if s == "multitask" else "source"], s, seed)
-            for _, s, seed in agents
-        ]
-        alpha = torch.tensor([l2sp_alpha if s == "l2sp" else 0.0 for _, s, _ in agents])
-        tasks = [targets[t] for t, _, _ in agents]
-        envs = AgentEnvs([make_cartpole_vec([task], cfg.num_envs) for task in tasks])
-        eval_envs = AgentEnvs([make_cartpole_vec([task], cfg.eval_episodes) for task in tasks])
-        try:
-            result = train_dqn_agents(
-                [seed for _, _, seed in agents],
-                envs,
-                eval_envs,
-                cfg,
-                init_states=states,
-                regularizer=l2sp_regularizer(source, alpha, exclude=("head",))
-                if bool(alpha.any())
-                else None,
-                freeze=freeze,
-                device=device,
-                progress=progress,
-            )
-        finally:
-            envs.close()
-            eval_envs.close()
-        steps = result.steps
-        for (target, strategy, _), curve in zip(agents, result.eval_mean, strict=True):
-            curves[target].setdefault(strategy, []).append(curve)  # type: ignore[arg-type]
-    stacked = {
-        t: {s: torch.stack(arms[s]) for s in strategies}  # type: ignore[misc]
-        for t, arms in curves.items()
+    out: dict[str, dict[str, dict[str, list]]] = {
+        key: {t: {} for t in targets} for key in ("curves", "source", "distance")
     }
+    steps = torch.empty(0)
+    for (fresh_exploration, frozen), agents in groups.items():
+        cfg = scratch_config if fresh_exploration else config
+        refs = [sources[source_of[seed]] for _, _, seed in agents]
+        inits = [_start_state(ref, arm, seed) for (_, arm, seed), ref in zip(agents, refs)]
+        alpha = torch.tensor([alphas.get(arm, 0.0) for _, arm, _ in agents])
+        penalty = None
+        if bool(alpha.any()):
+            stacked = {k: torch.stack([r[k] for r in refs]) for k in refs[0]}
+            penalty = _population_penalty(l2sp_regularizer(stacked, alpha.to(dev), ("head",)))
+        tasks = [targets[t] for t, _, _ in agents]
+        run = _train(
+            [seed for _, _, seed in agents],
+            tasks,
+            cfg,
+            [tasks, [source_task] * len(agents)],
+            dev,
+            init_states=inits,
+            frozen=frozen,
+            penalty=penalty,
+        )
+        steps = run.steps
+        for a, ((target, arm, _), ref) in enumerate(zip(agents, refs, strict=True)):
+            final = run.network.agent_state_dict(a)
+            trunk = [k for k in ref if k.startswith("trunk.")]
+            distance = sum(float((final[k].cpu() - ref[k]).pow(2).sum()) for k in trunk)
+            out["curves"][target].setdefault(arm, []).append(run.scores[a, :, 0])
+            out["source"][target].setdefault(arm, []).append(run.scores[a, :, 1])
+            out["distance"][target].setdefault(arm, []).append(torch.tensor(math.sqrt(distance)))
+
+    def stack(key: str) -> dict[str, dict[str, torch.Tensor]]:
+        return {t: {arm: torch.stack(out[key][t][arm]) for arm in arms} for t in targets}
+
     return ComparisonResult(
         steps=steps,
-        curves=stacked,
+        curves=stack("curves"),
+        source_curves=stack("source"),
+        distances=stack("distance"),
         seeds=seeds,
+        source_of_seed=tuple(source_of[s] for s in seeds),
+        alphas={k: v for k, v in alphas.items() if k in arms},
         source_steps=int(source_steps),
         wall_time=time.perf_counter() - start,
     )
 
 
-def _show(value: float, digits: int) -> str:
-    if math.isinf(value):
-        return "never"
-    text = f"{value:.{digits}f}"
-    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0"
+def per_source(values: np.ndarray | Sequence[float], source_of_seed: Sequence[int]) -> np.ndarray:
+    """The mean of per-seed values over the seeds of each source network ``[n_sources]``.
 
-
-def format_comparison(
-    result: ComparisonResult,
-    threshold: float,
-    baseline: str = "scratch",
-    n_resamples: int = 2000,
-) -> str:
-    """A plain-text table: every metric with its 95% interval, per target and strategy.
-
-    Times to threshold are in thousands of target-task steps; the source task's steps are not
-    counted in them (the header says how many there were).
+    A claim about *kinds* of starting points has one independent value per source network,
+    not per fine-tuning seed: average the seeds that share a source first.
     """
-    columns = ("jumpstart", "asymptotic_gain", "time_to_threshold_transfer", "transfer_ratio")
-    heads = ("jumpstart", "asymptotic gain", "k steps to threshold", "transfer ratio")
+    values = np.asarray(values, dtype=np.float64)
+    index = np.asarray(source_of_seed)
+    return np.array([values[index == i].mean() for i in range(int(index.max()) + 1)])
+
+
+def _ci(values: np.ndarray, digits: int = 2) -> str:
+    ci = mean_ci(values)
+    return f"{ci.estimate:.{digits}f} [{ci.low:.{digits}f}, {ci.high:.{digits}f}]"
+
+
+def format_arms(result: ComparisonResult, threshold: float = THRESHOLD) -> str:
+    """A plain-text table per target: each arm's start, final score, area, seeds that reached
+    ``threshold``, source-task score after, all as means with 95% t intervals over seeds."""
+    heads = ("start", "final", "area", "reached", "source after")
     lines = [
-        f"threshold {threshold:g}, baseline {baseline!r}, {len(result.seeds)} seeds, 95% "
-        f"bootstrap intervals; {result.source_steps} source steps not counted",
+        f"{len(result.seeds)} seeds, {int(result.steps[-1])} target steps, threshold "
+        f"{threshold:g}; 95% t intervals over seeds; {result.source_steps} source steps not "
+        "counted"
     ]
     for target, arms in result.curves.items():
-        lines.append("")
-        lines.append(f"{target:<20}" + "".join(f"{h:>24}" for h in heads))
-        for strategy in arms:
-            cis = result.metrics_ci(target, strategy, threshold, baseline, n_resamples)
-            cells = []
-            for name in columns:
-                ci = cis[name]
-                scale, digits = (1e-3, 1) if name.startswith("time") else (1.0, 2)
-                if name == "jumpstart" or name == "asymptotic_gain":
-                    digits = 0
-                est, low, high = (_show(v * scale, digits) for v in ci)
-                cells.append(f"{est} [{low}, {high}]")
-            lines.append(f"{strategy:<20}" + "".join(f"{c:>24}" for c in cells))
+        lines += ["", f"{target:<18}" + "".join(f"{h:>19}" for h in heads)]
+        for arm in arms:
+            cells = [_ci(result.measure(target, arm, m)) for m in ("start", "final", "area")]
+            cells.append(f"{result.reached(target, arm, threshold)}/{len(result.seeds)}")
+            cells.append(_ci(result.measure(target, arm, "source_after")))
+            lines.append(f"{arm:<18}" + "".join(f"{c:>19}" for c in cells))
     return "\n".join(lines)
+
+
+def format_l2sp_sweep(result: ComparisonResult, target: str) -> str:
+    """The L2-SP arms (and ``"full"``, alpha 0) on one target: distance of the trunk from the
+    pretrained one, final target score and source score after, with 95% t intervals."""
+    rows = [("full", 0.0)] if "full" in result.curves[target] else []
+    rows += sorted(result.alphas.items(), key=lambda kv: kv[1])
+    lines = [f"{target}: {'alpha':>6}{'trunk distance':>22}{'final':>19}{'source after':>19}"]
+    for arm, alpha in rows:
+        cells = [_ci(result.measure(target, arm, m)) for m in ("distance", "final", "source_after")]
+        lines.append(
+            " " * (len(target) + 2)
+            + f"{alpha:>6g}"
+            + "".join(f"{c:>{w}}" for c, w in zip(cells, (22, 19, 19)))
+        )
+    return "\n".join(lines)
+
+
+# --- the benchmark's stored results ------------------------------------------------------------
+
+BENCHMARK_RESULTS = (
+    Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "transfer.json"
+)
+"""Where ``benchmarks/bench_transfer.py`` stores its results (read by the lesson)."""
+
+
+def benchmark_config(
+    seeds: int = 20, n_sources: int = 5, total_steps: int = 3_000
+) -> dict[str, Any]:
+    """The configuration of ``benchmarks/bench_transfer.py`` as plain data (what the stored
+    results file records, and what a test compares it with)."""
+    config = {
+        "seeds": seeds,
+        "n_sources": n_sources,
+        "source_seeds": [1000 + i for i in range(n_sources)],
+        "targets": {name: list(task.goal) for name, task in LESSON_TARGETS.items()},
+        "source_goal": list(SOURCE_TASK.goal),
+        "multitask_goals": [list(t.goal) for t in MULTITASK_SOURCE_TASKS],
+        "source_config": dataclasses.asdict(SOURCE_CONFIG),
+        "scratch_config": dataclasses.asdict(
+            dataclasses.replace(SCRATCH_CONFIG, total_steps=total_steps)
+        ),
+        "finetune_config": dataclasses.asdict(
+            dataclasses.replace(FINETUNE_CONFIG, total_steps=total_steps)
+        ),
+        "multitask_source_config": dataclasses.asdict(MULTITASK_SOURCE_CONFIG),
+        "l2sp_alphas": list(L2SP_ALPHAS),
+        "threshold": THRESHOLD,
+    }
+    return json.loads(json.dumps(config))  # tuples as lists: what the file holds
+
+
+def _from_plain(config: dict[str, Any], key: str, kind: type) -> Any:
+    raw = dict(config[key])
+    raw["hidden"] = tuple(raw["hidden"])
+    if raw.get("task_lrs") is not None:
+        raw["task_lrs"] = tuple(raw["task_lrs"])
+    return kind(**raw)
+
+
+def run_benchmark(config: dict[str, Any], device: torch.device | str | None = None) -> dict:
+    """Run the benchmark that ``config`` (:func:`benchmark_config`) describes.
+
+    Both kinds of source (``n_sources`` each), then every arm on every target from the
+    single-task sources, and full fine-tuning from the multi-task sources, ``seeds`` seeds each
+    (seed ``i`` from source ``i % n_sources``).
+
+    Returns:
+        Plain data: ``config``, the per-seed measures ``runs[kind][target][arm][measure]``
+        (lists), the sources' own scores, and the verdicts (one line each) the lesson prints.
+    """
+    scratch = _from_plain(config, "scratch_config", DQNConfig)
+    finetune = _from_plain(config, "finetune_config", DQNConfig)
+    source_cfg = _from_plain(config, "source_config", DQNConfig)
+    multi_cfg = _from_plain(config, "multitask_source_config", MultiTaskConfig)
+    seeds = range(config["seeds"])
+    single = pretrain_sources(config["source_seeds"], source_cfg, device=device)
+    multi = pretrain_multitask_sources(config["source_seeds"], multi_cfg, device=device)
+    common = dict(
+        seeds=seeds,
+        config=finetune,
+        scratch_config=scratch,
+        device=device,
+        l2sp_alphas=config["l2sp_alphas"],
+    )
+    results = {
+        "single": compare_strategies(single.states, source_steps=single.steps, **common),
+        "multi": compare_strategies(
+            multi.states, strategies=["full"], source_steps=multi.steps, **common
+        ),
+    }
+    measures = ("start", "final", "area", "steps_to_threshold", "source_after", "distance")
+    runs = {
+        kind: {
+            target: {
+                arm: {m: [float(v) for v in r.measure(target, arm, m)] for m in measures}
+                for arm in arms
+            }
+            for target, arms in r.curves.items()
+        }
+        for kind, r in results.items()
+    }
+    return {
+        "config": config,
+        "source_scores": {"single": single.scores.tolist(), "multi": multi.scores.tolist()},
+        "source_of_seed": list(results["single"].source_of_seed),
+        "runs": runs,
+        "verdicts": _benchmark_verdicts(results, config["threshold"]),
+    }
+
+
+def _benchmark_verdicts(results: dict[str, ComparisonResult], threshold: float) -> list[str]:
+    single, multi = results["single"], results["multi"]
+    lines = []
+    for target in single.curves:
+        lines.append(f"{target}:")
+        n = len(single.seeds)
+        lines.append(f"  scratch reached {threshold:g} in {single.reached(target, 'scratch')}/{n}")
+        for a, b in (
+            ("full", "scratch"),
+            ("full", "scratch_same_eps"),
+            ("freeze_trunk", "scratch"),
+        ):
+            lines.append(f"  area   {single.compare(target, a, b)}")
+        lines.append(f"  final  {single.compare(target, 'full', 'full', 'final', 'start')}")
+        lines.append(
+            f"  source {single.compare(target, 'full', 'full', 'source_after', 'source_before')}"
+        )
+        x = per_source(single.measure(target, "full", "area"), single.source_of_seed)
+        y = per_source(multi.measure(target, "full", "area"), multi.source_of_seed)
+        verdict = compare(x, y, names=("single-task", "multi-task"), paired=False)
+        lines.append(f"  area per source network  {verdict}")
+    return lines
+
+
+def save_benchmark(data: dict, path: str | os.PathLike = BENCHMARK_RESULTS) -> None:
+    """Write :func:`run_benchmark`'s data as JSON."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+
+def load_benchmark(path: str | os.PathLike = BENCHMARK_RESULTS) -> dict:
+    """Read the stored benchmark results (written by ``benchmarks/bench_transfer.py``).
+
+    Raises:
+        ValueError: If the file's configuration is not the benchmark's current one (the stored
+            numbers would describe another experiment): rerun the benchmark.
+    """
+    data = json.loads(Path(path).read_text())
+    current = benchmark_config(
+        data["config"]["seeds"],
+        data["config"]["n_sources"],
+        data["config"]["scratch_config"]["total_steps"],
+    )
+    if data["config"] != current:
+        raise ValueError(
+            f"{Path(path).name} was made with another configuration than the benchmark's "
+            "current one; rerun benchmarks/bench_transfer.py"
+        )
+    return data
+
+
+def format_benchmark(data: dict) -> str:
+    """The stored benchmark as text: its budget, per-arm means with 95% t intervals, verdicts."""
+    config = data["config"]
+    lines = [
+        f"{config['seeds']} seeds, {config['n_sources']} source networks per kind, "
+        f"{config['scratch_config']['total_steps']} target steps, threshold {config['threshold']:g}"
+        "; means with 95% t intervals over seeds",
+    ]
+    for kind, targets in data["runs"].items():
+        for target, arms in targets.items():
+            lines.append(f"{kind}-task sources, {target}:")
+            for arm, measures in arms.items():
+                reached = int(np.isfinite(measures["steps_to_threshold"]).sum())
+                cells = "  ".join(
+                    f"{m} {_ci(np.array(measures[m]))}" for m in ("start", "final", "area")
+                )
+                lines.append(f"  {arm:<17} {cells}  reached {reached}/{config['seeds']}")
+    return "\n".join([*lines, "", *data["verdicts"]])

@@ -22,11 +22,17 @@ from course.grading import check, exercise_ids
 from course.grading.core import NOT_ATTEMPTED, get_exercise
 from course.grading.exercises import transfer as checks
 
-IDS = ["transfer.transfer_metrics", "transfer.l2sp_penalty", "transfer.prepare_finetune"]
+IDS = [
+    "transfer.transfer_metrics",
+    "transfer.l2sp_penalty",
+    "transfer.prepare_finetune",
+    "transfer.finetune_update",
+]
 REFERENCES = {
     "transfer.transfer_metrics": ref.transfer_metrics,
     "transfer.l2sp_penalty": ref.l2sp_penalty,
     "transfer.prepare_finetune": ref.prepare_finetune,
+    "transfer.finetune_update": ref.finetune_update,
 }
 
 
@@ -380,6 +386,78 @@ def pf_returns_none(model, strategy, reference=None):
     pf_reset_parameters(model, strategy, reference)
 
 
+# --- finetune_update: correct answers and mistakes -----------------------------------------------
+
+
+def ft_manual(q_net, target_net, optimizer, batch, gamma, alpha=0.0, exclude=("head",)):
+    """Huber loss by hand, the penalty as a loop, gradients zeroed in place."""
+    with torch.no_grad():
+        best = target_net(batch.next_obs).max(dim=1).values
+        targets = batch.rewards + gamma * best * (~batch.terminated).float()
+    taken = q_net(batch.obs).gather(1, batch.actions.view(-1, 1)).view(-1)
+    loss = torch.nn.functional.smooth_l1_loss(taken, targets)
+    anchor = getattr(q_net, "l2sp_reference", None)
+    if anchor is not None:
+        for name, p in q_net.named_parameters():
+            if name in anchor and not any(name.startswith(e) for e in exclude):
+                loss = loss + alpha * ((p - anchor[name]) ** 2).sum()
+    optimizer.zero_grad(set_to_none=False)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def ft_pieces(q_net, target_net, optimizer, batch, gamma, alpha=0.0, exclude=("head",)):
+    """Lesson 03's pieces, the gradients cleared one by one."""
+    from course.dqn import dqn_loss, td_target
+
+    with torch.no_grad():
+        targets = td_target(batch.rewards, target_net(batch.next_obs), batch.terminated, gamma)
+    loss = dqn_loss(q_net(batch.obs), batch.actions, targets)
+    if hasattr(q_net, "l2sp_reference"):
+        loss = loss + ref.l2sp_penalty(q_net, q_net.l2sp_reference, alpha, exclude)
+    for p in q_net.parameters():
+        p.grad = None
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def _ft(mistake):
+    def update(q_net, target_net, optimizer, batch, gamma, alpha=0.0, exclude=("head",)):
+        from course.dqn import double_td_target, dqn_loss, td_target
+
+        if mistake == "unfreeze":  # trains the trunk too, with its own optimizer
+            q_net.requires_grad_(True)
+            optimizer = torch.optim.SGD(q_net.parameters(), lr=0.1)
+        with torch.no_grad():
+            next_q = target_net(batch.next_obs)
+            if mistake == "double":
+                online = q_net(batch.next_obs)
+                targets = double_td_target(batch.rewards, online, next_q, batch.terminated, gamma)
+            else:
+                targets = td_target(batch.rewards, next_q, batch.terminated, gamma)
+        td = dqn_loss(q_net(batch.obs), batch.actions, targets)
+        loss = td
+        anchor = getattr(q_net, "l2sp_reference", None)
+        if mistake == "state_dict":
+            anchor = {k: v.clone() for k, v in q_net.state_dict().items()}
+        if mistake == "overwrite":
+            q_net.l2sp_reference = {k: v.clone() for k, v in q_net.state_dict().items()}
+            anchor = q_net.l2sp_reference
+        if anchor is not None and mistake != "ignores anchor":
+            penalty = ref.l2sp_penalty(q_net, anchor, alpha, () if mistake == "head" else exclude)
+            loss = loss - penalty if mistake == "minus" else loss + penalty
+        if mistake != "no zero_grad":
+            optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return (td if mistake == "td only" else loss).item()
+
+    update.__name__ = f"ft_{mistake.replace(' ', '_')}"
+    return update
+
+
 CORRECT = [
     ("transfer.transfer_metrics", tm_numpy),
     ("transfer.transfer_metrics", tm_loops),
@@ -389,6 +467,8 @@ CORRECT = [
     ("transfer.prepare_finetune", pf_reset_parameters),
     ("transfer.prepare_finetune", pf_new_layers_copy),
     ("transfer.prepare_finetune", pf_xavier),
+    ("transfer.finetune_update", ft_manual),
+    ("transfer.finetune_update", ft_pieces),
 ]
 
 WRONG = [
@@ -424,6 +504,15 @@ WRONG = [
     ("transfer.prepare_finetune", _pf("weird init"), None),
     ("transfer.prepare_finetune", pf_no_value_error, None),
     ("transfer.prepare_finetune", pf_key_error, None),
+    ("transfer.finetune_update", _ft("no zero_grad"), checks.FT_NO_ZERO_GRAD),
+    ("transfer.finetune_update", _ft("double"), checks.FT_DOUBLE),
+    ("transfer.finetune_update", _ft("minus"), checks.FT_PENALTY_SIGN),
+    ("transfer.finetune_update", _ft("head"), checks.FT_HEAD_PENALISED),
+    ("transfer.finetune_update", _ft("state_dict"), checks.FT_NO_PULL),
+    ("transfer.finetune_update", _ft("ignores anchor"), checks.FT_NO_PULL),
+    ("transfer.finetune_update", _ft("td only"), checks.FT_TD_ONLY),
+    ("transfer.finetune_update", _ft("overwrite"), None),
+    ("transfer.finetune_update", _ft("unfreeze"), None),
 ]
 
 
@@ -571,3 +660,13 @@ def test_infinite_loop_times_out(monkeypatch):
 
     result = assert_fails("transfer.transfer_metrics", search_forever)
     assert "did not finish within 0.3 s" in result.message
+
+
+def test_a_frozen_trunk_that_moves_is_named():
+    result = assert_fails("transfer.finetune_update", _ft("unfreeze"))
+    assert "the frozen trunk moved" in result.message
+
+
+def test_an_overwritten_anchor_is_named():
+    result = assert_fails("transfer.finetune_update", _ft("overwrite"))
+    assert "l2sp_reference` changed" in result.message

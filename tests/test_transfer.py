@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -10,28 +12,38 @@ import pytest
 import torch
 from torch import nn
 
-from course.dqn import DQNConfig, QNetwork, evaluate
-from course.envs import CARTPOLE_TASKS, make_cartpole_vec
+from course.dqn import DQNConfig, QNetwork
+from course.envs import GRID_LAYOUT, GridTask, make_grid_vec
+from course.mdp import greedy_policy, policy_evaluation, value_iteration
 from course.multitask import MultiHeadQNetwork
 from course.population import PopulationQNetwork
 from course.transfer import (
+    BENCHMARK_RESULTS,
     METRIC_NAMES,
     MULTITASK_SOURCE_CONFIG,
+    SOURCE_CONFIG,
     ComparisonResult,
     TransferMetrics,
     _metrics_batch,
+    benchmark_config,
     compare_strategies,
-    format_comparison,
+    exact_scores,
+    format_arms,
+    format_benchmark,
+    format_l2sp_sweep,
     l2sp_penalty,
     l2sp_regularizer,
+    load_benchmark,
     load_checkpoint,
     multitask_source_state,
+    per_source,
     prepare_finetune,
-    pretrain_multitask_source,
+    pretrain_multitask_sources,
+    pretrain_sources,
+    save_benchmark,
     save_checkpoint,
     transfer_metrics,
-    transfer_metrics_ci,
-    zero_shot_returns,
+    zero_shot_scores,
 )
 
 # --- transfer_metrics ---------------------------------------------------------------------------
@@ -92,23 +104,6 @@ def test_batched_metrics_agree_with_transfer_metrics():
         for name in METRIC_NAMES:
             value = getattr(m, name)
             assert batch[name][r] == pytest.approx(math.inf if value is None else value)
-
-
-def test_metric_intervals_bracket_the_mean_curve_metrics_and_are_deterministic():
-    rng = np.random.default_rng(1)
-    steps = np.array([0, 1000, 3000, 6000, 10000])
-    scratch = np.clip(np.linspace(20, 300, 5) + rng.normal(0, 30, (6, 5)), 10, 500)
-    transfer = np.clip(np.linspace(150, 480, 5) + rng.normal(0, 30, (6, 5)), 10, 500)
-    cis = transfer_metrics_ci(steps, scratch, transfer, threshold=400.0, n_resamples=500)
-    point = transfer_metrics(steps, scratch.mean(0), transfer.mean(0), 400.0)
-    assert set(cis) == set(METRIC_NAMES)
-    for name, ci in cis.items():
-        value = getattr(point, name)
-        assert ci.estimate == (math.inf if value is None else pytest.approx(value))
-        assert ci.low <= ci.estimate <= ci.high or math.isinf(ci.estimate)
-    assert math.isinf(cis["time_to_threshold_scratch"].estimate)  # scratch never reaches 400
-    assert cis == transfer_metrics_ci(steps, scratch, transfer, 400.0, n_resamples=500)
-    assert cis != transfer_metrics_ci(steps, scratch, transfer, 400.0, n_resamples=500, seed=1)
 
 
 # --- l2sp_penalty --------------------------------------------------------------------------------
@@ -287,68 +282,146 @@ def test_checkpoint_mismatches_are_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "c.pt")
 
 
+# --- exact scores --------------------------------------------------------------------------------
+
+
+def _task(goal) -> GridTask:
+    return GridTask(GRID_LAYOUT, goal, start="uniform")
+
+
+def test_exact_scores_are_the_normalised_value_of_the_greedy_policy():
+    near, far = _task((1, 6)), _task((6, 0))
+    mdp = near.mdp()
+    _, q_star = value_iteration(mdp)
+    rng = torch.Generator().manual_seed(0)
+    noisy = q_star + 0.3 * torch.rand(q_star.shape, generator=rng, dtype=torch.float64)
+    scores = exact_scores(torch.stack([q_star, noisy, q_star]).float(), [near, near, far])
+    optimum = float(mdp.initial @ policy_evaluation(mdp, greedy_policy(q_star)))
+    expected = float(mdp.initial @ policy_evaluation(mdp, greedy_policy(noisy))) / optimum
+    assert scores[0] == pytest.approx(1.0, abs=1e-5)
+    assert scores[1] == pytest.approx(expected, abs=1e-5) and scores[1] < 0.99
+    assert scores[2] < 0.1  # the near goal's optimal policy walks away from the far goal
+    with pytest.raises(ValueError, match="one task per row"):
+        exact_scores(q_star[None].float(), [near, far])
+
+
+def test_zero_shot_scores_score_each_network_on_each_task():
+    obs = torch.from_numpy(make_grid_vec([_task((0, 6))]).observations())
+    net = QNetwork(obs.shape[1], 4, (8,))
+    scores = zero_shot_scores([net.state_dict()] * 2, {"a": _task((0, 6)), "b": _task((6, 0))})
+    with torch.no_grad():
+        q = net(obs)
+    assert list(scores) == ["a", "b"]
+    assert torch.equal(scores["b"], exact_scores(torch.stack([q, q]), [_task((6, 0))] * 2))
+
+
 # --- the comparison ------------------------------------------------------------------------------
 
-TINY = DQNConfig(
-    total_steps=200,
-    num_envs=4,
-    hidden=(8,),
-    buffer_size=200,
-    batch_size=16,
-    learning_starts=100,
-    updates_per_step=0.5,
-    target_update_interval=20,
-    eval_every=100,
-    eval_episodes=2,
-)
-TINY_FT = dataclasses.replace(TINY, eps_start=0.1)
-TARGETS = {"near": CARTPOLE_TASKS["long_pole"], "far": CARTPOLE_TASKS["very_long_pole"]}
+TINY = dataclasses.replace(SOURCE_CONFIG, total_steps=200, learning_starts=100, eval_every=100)
+TINY_FT = dataclasses.replace(TINY, eps_start=0.2)
+TARGETS = {"near": _task((1, 6)), "far": _task((6, 0))}
 
 
-def _compare(targets=TARGETS, seeds=(0, 1)) -> ComparisonResult:
-    source = _net(hidden=(8,), obs_dim=4).state_dict()
+@pytest.fixture(scope="module")
+def sources():
+    return pretrain_sources([0, 1], TINY, device="cpu")
+
+
+def _compare(sources, targets=TARGETS, seeds=(0, 1), **kwargs) -> ComparisonResult:
     return compare_strategies(
-        source, targets, seeds=seeds, config=TINY_FT, scratch_config=TINY, device="cpu"
+        sources.states,
+        targets,
+        seeds=seeds,
+        config=TINY_FT,
+        scratch_config=TINY,
+        l2sp_alphas=(0.1, 10.0),
+        device="cpu",
+        **kwargs,
     )
 
 
-def test_tiny_comparison_shapes_and_determinism():
-    result = _compare()
+def test_sources_are_deterministic_and_scored_on_the_source_task(sources):
+    again = pretrain_sources([0, 1], TINY, device="cpu")
+    assert sources.steps == 200 and sources.scores.shape == (2,)
+    for a, b in zip(sources.states, again.states, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    zero = zero_shot_scores(sources.states, {"source": _task((0, 6))})["source"]
+    assert torch.allclose(zero, sources.scores)
+
+
+def test_comparison_shapes_determinism_and_shared_starts(sources):
+    result = _compare(sources)
+    arms = ["scratch", "scratch_same_eps", "full", "freeze_trunk", "l2sp_0.1", "l2sp_10"]
     assert result.steps.tolist() == [0, 100, 200]
+    assert result.source_of_seed == (0, 1) and result.alphas == {"l2sp_0.1": 0.1, "l2sp_10": 10.0}
+    again = _compare(sources)
     for target in TARGETS:
-        assert list(result.curves[target]) == list(
-            ("scratch", "scratch_same_eps", "full", "freeze_trunk", "l2sp")
-        )
-        for curve in result.curves[target].values():
-            assert curve.shape == (2, 3)
-    again = _compare()
+        assert list(result.curves[target]) == arms
+        for arm in arms:
+            assert result.curves[target][arm].shape == (2, 3)
+            assert torch.equal(result.curves[target][arm], again.curves[target][arm])
+            assert torch.equal(result.source_curves[target][arm], again.source_curves[target][arm])
+    near = result.curves["near"]
+    assert torch.equal(near["full"][:, 0], near["l2sp_0.1"][:, 0])  # the same pretrained start
+    assert torch.equal(near["scratch"][:, 0], near["scratch_same_eps"][:, 0])
+    # a pretrained start scores on the source task what its source network scores
+    src = result.source_curves["far"]["full"][:, 0]
+    assert torch.allclose(src, sources.scores)
+    assert torch.allclose(near["full"][:, 0], zero_shot_scores(sources.states, TARGETS)["near"])
+
+
+def test_frozen_trunk_does_not_move_and_l2sp_keeps_the_trunk_closer(sources):
+    result = _compare(sources)
     for target in TARGETS:
-        for strategy, curve in result.curves[target].items():
-            assert torch.equal(curve, again.curves[target][strategy])
-    # the pretrained arms start from the same weights: equal first evaluations
-    start = result.curves["near"]
-    assert torch.equal(start["full"][:, 0], start["l2sp"][:, 0])
-    assert torch.equal(start["scratch"][:, 0], start["scratch_same_eps"][:, 0])
-    text = format_comparison(result, threshold=20.0, n_resamples=100)
-    assert "near" in text and "freeze_trunk" in text and "0 source steps not counted" in text
+        assert np.all(result.measure(target, "freeze_trunk", "distance") == 0)
+        full = result.measure(target, "full", "distance")
+        assert np.all(full > 0)
+        assert np.all(result.measure(target, "l2sp_10", "distance") < full)
 
 
-def test_each_agent_trains_on_its_own_target():
-    both = _compare(seeds=(0,))
-    alone = _compare(targets={"far": TARGETS["far"]}, seeds=(0,))
-    for strategy, curve in alone.curves["far"].items():
-        assert torch.equal(curve, both.curves["far"][strategy]), strategy
-    assert not torch.equal(both.curves["near"]["full"], both.curves["far"]["full"])
+def test_each_agent_trains_on_its_own_target(sources):
+    both = _compare(sources, seeds=(0,), strategies=["full"])
+    alone = _compare(sources, targets={"far": TARGETS["far"]}, seeds=(0,), strategies=["full"])
+    assert torch.equal(alone.curves["far"]["full"], both.curves["far"]["full"])
 
 
-def test_comparison_refuses_mismatched_grids_and_unknown_strategies():
-    source = QNetwork(4, 2, (8,)).state_dict()
+def test_measures_and_paired_comparisons(sources):
+    result = _compare(sources)
+    curve = result.curves["near"]["full"].double().numpy()
+    x = result.steps.double().numpy()
+    assert np.allclose(result.measure("near", "full", "final"), curve[:, -1])
+    area = np.trapezoid(curve, x, axis=1) / x[-1]
+    assert np.allclose(result.measure("near", "full", "area"), area)
+    steps = result.measure("near", "full", "steps_to_threshold", threshold=-1.0)
+    assert np.all(steps == 0)
+    assert np.all(np.isinf(result.measure("near", "full", "steps_to_threshold", threshold=2.0)))
+    assert result.reached("near", "full", threshold=-1.0) == 2
+    same = result.compare("near", "full", "full", "final", "start")
+    assert same.names == ("full final", "full start")
+    assert same.paired and same.n == 2
+    censored = result.compare("near", "full", "scratch", "steps_to_threshold", threshold=2.0)
+    assert "never = 200 steps: 2 run(s) of full, 2 of scratch" in str(censored)
+    with pytest.raises(ValueError, match="unknown measure"):
+        result.measure("near", "full", "best")
+    text = format_arms(result)
+    assert "freeze_trunk" in text and "200 source steps" not in text
+    assert "0.1" in format_l2sp_sweep(result, "near")
+
+
+def test_comparison_refuses_mismatched_grids_unknown_strategies_and_sources(sources):
     with pytest.raises(ValueError, match="agree on"):
         compare_strategies(
-            source, TARGETS, config=TINY_FT, scratch_config=dataclasses.replace(TINY, eval_every=50)
+            sources.states, config=TINY_FT, scratch_config=dataclasses.replace(TINY, eval_every=50)
         )
-    with pytest.raises(ValueError, match="unknown strategies"):
-        compare_strategies(source, TARGETS, ["full", "frozen"], config=TINY_FT, scratch_config=TINY)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        _compare(sources, strategies=["full", "frozen"])
+    wider = QNetwork(45, 4, (16,)).state_dict()
+    with pytest.raises(ValueError, match="same sizes"):
+        _compare(type(sources)([sources.states[0], wider], sources.scores, 1))
+
+
+def test_per_source_averages_the_seeds_of_each_source():
+    assert per_source([1.0, 2.0, 3.0, 5.0], [0, 1, 0, 1]).tolist() == [2.0, 3.5]
 
 
 # --- the multi-task starting point ---------------------------------------------------------------
@@ -370,66 +443,128 @@ def test_multitask_state_keeps_the_trunk_and_the_chosen_head():
         multitask_source_state(net, head=3)
 
 
-def test_pretrained_multitask_source_has_one_head_per_task():
+def test_multitask_sources_cost_the_same_source_steps():
     config = dataclasses.replace(
-        MULTITASK_SOURCE_CONFIG, steps_per_task=200, learning_starts=100, eval_every=100
+        MULTITASK_SOURCE_CONFIG, steps_per_task=100, learning_starts=100, eval_every=50
     )
-    net = pretrain_multitask_source(config, seed=0, device="cpu")
-    assert isinstance(net, MultiHeadQNetwork) and net.n_tasks == 2
-    assert net.hidden == MULTITASK_SOURCE_CONFIG.hidden
-    again = pretrain_multitask_source(config, seed=0, device="cpu")
-    for a, b in zip(net.parameters(), again.parameters(), strict=True):
-        assert torch.equal(a, b)
+    multi = pretrain_multitask_sources([0, 1], config, device="cpu")
+    assert multi.steps == 200 and len(multi.states) == 2
+    assert set(multi.states[0]) == set(QNetwork(45, 4, config.hidden).state_dict())
+    assert MULTITASK_SOURCE_CONFIG.steps_per_task * 2 == SOURCE_CONFIG.total_steps
     with pytest.raises(ValueError, match="needs 'heads'"):
-        pretrain_multitask_source(dataclasses.replace(config, architecture="shared"))
+        pretrain_multitask_sources([0], dataclasses.replace(config, architecture="shared"))
 
 
-def test_multitask_arm_is_full_finetuning_from_its_own_start():
-    source = _net(hidden=(8,), obs_dim=4).state_dict()
-    run = dict(seeds=(0,), config=TINY_FT, scratch_config=TINY, device="cpu")
-    same = compare_strategies(source, TARGETS, ["full", "multitask"], multitask_state=source, **run)
-    for target in TARGETS:  # the same start, seeds and config: the same curves as "full"
-        assert torch.equal(same.curves[target]["multitask"], same.curves[target]["full"])
-    other = _net(seed=1, hidden=(8,), obs_dim=4).state_dict()
-    from_other = compare_strategies(source, TARGETS, ["multitask"], multitask_state=other, **run)
-    as_source = compare_strategies(other, TARGETS, ["full"], **run)
-    for target in TARGETS:  # it starts from multitask_state, not from the source
-        assert torch.equal(from_other.curves[target]["multitask"], as_source.curves[target]["full"])
+# --- the benchmark's stored results ---------------------------------------------------------------
 
 
-def test_multitask_arm_needs_a_matching_state():
-    source = QNetwork(4, 2, (8,)).state_dict()
-    run = dict(config=TINY_FT, scratch_config=TINY)
-    with pytest.raises(ValueError, match="needs multitask_state"):
-        compare_strategies(source, TARGETS, ["multitask"], **run)
-    wider = QNetwork(4, 2, (16,)).state_dict()
-    with pytest.raises(ValueError, match="same hidden sizes"):
-        compare_strategies(source, TARGETS, ["multitask"], multitask_state=wider, **run)
+def test_stored_benchmark_matches_the_current_configuration():
+    data = load_benchmark()  # raises if the file was made with another configuration
+    config = data["config"]
+    assert config == benchmark_config(
+        config["seeds"], config["n_sources"], config["scratch_config"]["total_steps"]
+    )
+    assert config == benchmark_config()  # the benchmark's defaults made it
+    n = config["seeds"]
+    for kind, targets in data["runs"].items():
+        for arms in targets.values():
+            for measures in arms.values():
+                assert all(len(values) == n for values in measures.values()), kind
+    assert "area per source network" in format_benchmark(data)
 
 
-def test_with_arms_adds_arms_run_later_on_the_same_grid():
-    source = _net(hidden=(8,), obs_dim=4).state_dict()
-    run = dict(seeds=(0,), config=TINY_FT, scratch_config=TINY, device="cpu")
-    first = compare_strategies(source, TARGETS, ["scratch", "full"], **run)
-    later = compare_strategies(source, TARGETS, ["multitask"], multitask_state=source, **run)
-    both = first.with_arms(later)
-    for target in TARGETS:
-        assert list(both.curves[target]) == ["scratch", "full", "multitask"]
-        assert torch.equal(both.curves[target]["multitask"], later.curves[target]["multitask"])
-        assert list(first.curves[target]) == ["scratch", "full"]  # a new result, not a mutation
-    with pytest.raises(ValueError, match="in both"):
-        both.with_arms(later)
-    other_seeds = compare_strategies(source, TARGETS, ["l2sp"], **{**run, "seeds": (1,)})
-    with pytest.raises(ValueError, match="differ"):
-        first.with_arms(other_seeds)
+def test_a_stale_results_file_is_refused(tmp_path):
+    data = json.loads(BENCHMARK_RESULTS.read_text())
+    data["config"]["l2sp_alphas"] = [123.0]
+    save_benchmark(data, tmp_path / "transfer.json")
+    with pytest.raises(ValueError, match="rerun benchmarks/bench_transfer.py"):
+        load_benchmark(tmp_path / "transfer.json")
 
 
-def test_zero_shot_returns_evaluate_the_untrained_network_on_each_task():
-    state = _net(hidden=(8,), obs_dim=4).state_dict()
-    tasks = {"default": CARTPOLE_TASKS["default"], "far": CARTPOLE_TASKS["very_long_pole"]}
-    returns = zero_shot_returns(state, tasks, n_episodes=3, seed=7)
-    assert list(returns) == ["default", "far"]
-    net = QNetwork(4, 2, (8,))
-    net.load_state_dict(state)
-    make_env = lambda n: make_cartpole_vec([tasks["far"]], n)  # noqa: E731
-    assert returns["far"] == evaluate(net, make_env, 3, seed=7).mean().item()
+def test_regenerating_one_seed_reproduces_the_stored_numbers():
+    data = load_benchmark()
+    config = data["config"]
+    source_cfg, finetune, scratch = (
+        DQNConfig(**{**config[key], "hidden": tuple(config[key]["hidden"])})
+        for key in ("source_config", "finetune_config", "scratch_config")
+    )
+    source = pretrain_sources(config["source_seeds"][:1], source_cfg, device="cpu")
+    assert source.scores[0].item() == pytest.approx(data["source_scores"]["single"][0])
+    result = compare_strategies(
+        source.states, strategies=["full"], seeds=[0], config=finetune, scratch_config=scratch
+    )
+    for target, arms in data["runs"]["single"].items():
+        for measure in ("start", "final", "area"):
+            stored = arms["full"][measure][0]
+            assert result.measure(target, "full", measure)[0] == pytest.approx(stored, abs=1e-6)
+
+
+# --- finetune_update ----------------------------------------------------------------------------
+
+
+def _batch(seed: int = 0, n: int = 16, obs_dim: int = 2):
+    from course.replay import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    return Batch(
+        obs=torch.randn(n, obs_dim, generator=g),
+        actions=torch.randint(0, 2, (n,), generator=g),
+        rewards=torch.randn(n, generator=g),
+        next_obs=torch.randn(n, obs_dim, generator=g),
+        terminated=torch.rand(n, generator=g) < 0.3,
+        tasks=torch.zeros(n, dtype=torch.int64),
+    )
+
+
+def _trainable_sgd(net: nn.Module, lr: float = 0.1) -> torch.optim.Optimizer:
+    return torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=lr)
+
+
+def test_finetune_update_without_anchor_is_the_dqn_update():
+    from course.dqn import dqn_update
+    from course.transfer import finetune_update
+
+    a, b, target = _net(0), _net(0), _net(1)
+    loss_a = finetune_update(a, target, _trainable_sgd(a), _batch(), 0.9, alpha=5.0)
+    loss_b = dqn_update(b, target, _trainable_sgd(b), _batch(), 0.9)
+    assert loss_a == pytest.approx(loss_b)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb)
+
+
+def test_finetune_update_leaves_a_frozen_trunk_and_trains_the_fresh_head():
+    from course.transfer import finetune_update
+
+    net, target = _net(0), _net(1)
+    prepare_finetune(net, "freeze_trunk", generator=torch.Generator().manual_seed(0))
+    trunk = [p.detach().clone() for p in net.trunk.parameters()]
+    head = [p.detach().clone() for p in net.head.parameters()]
+    finetune_update(net, target, _trainable_sgd(net), _batch(), 0.9)
+    assert all(torch.equal(p, q) for p, q in zip(net.trunk.parameters(), trunk, strict=True))
+    assert not all(torch.equal(p, q) for p, q in zip(net.head.parameters(), head, strict=True))
+
+
+def test_finetune_update_pulls_the_trunk_back_toward_the_pretrained_weights():
+    from course.transfer import finetune_update
+
+    net, target = _net(0), _net(1)
+    prepare_finetune(net, "l2sp")
+    anchor = {k: v.clone() for k, v in net.l2sp_reference.items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.5)  # moved away from the anchor
+
+    def distance(model):
+        return sum(
+            float((p.detach() - anchor[n]).pow(2).sum())
+            for n, p in model.named_parameters()
+            if n.startswith("trunk")
+        )
+
+    before = distance(net)
+    free = copy.deepcopy(net)
+    del free.l2sp_reference
+    finetune_update(net, target, _trainable_sgd(net, lr=0.05), _batch(), 0.9, alpha=10.0)
+    finetune_update(free, target, _trainable_sgd(free, lr=0.05), _batch(), 0.9, alpha=10.0)
+    assert distance(net) < before and distance(net) < distance(free)
+    assert all(torch.equal(net.l2sp_reference[k], v) for k, v in anchor.items())

@@ -1,4 +1,4 @@
-"""Checks for Lesson 05 (transfer by fine-tuning): the three exercises of ``course/transfer.py``.
+"""Checks for Lesson 05 (transfer by fine-tuning): the four exercises of ``course/transfer.py``.
 
 - ``transfer_metrics`` is tried on hand-made curves first (a curve that touches the threshold
   exactly, one that never reaches it, one that starts above it, steps that do not start at 0),
@@ -15,6 +15,12 @@
   (changed, and statistically like a fresh initialisation: any initialisation rule of the usual
   scale passes) or "changed", so that no exact random value is ever compared. For ``"l2sp"`` it
   also checks that ``model.l2sp_reference`` holds a *copy* of the pretrained weights.
+- ``finetune_update``: judged by behaviour on networks the probe prepares itself (the library's
+  ``prepare_finetune`` is hidden while the lesson is graded): stale gradients on every
+  parameter, plain SGD over the trainable parameters, one to three calls; every parameter
+  afterwards is compared with the reference's (a frozen trunk must not move, a fresh head must
+  train, the L2-SP gradient must pull toward ``l2sp_reference``), the anchor must be unchanged,
+  and the returned loss must be the minimised one.
 """
 
 from __future__ import annotations
@@ -870,3 +876,257 @@ class PrepareFinetune(_TransferExercise):
                 )
             )
         return out
+
+
+# --- finetune_update -----------------------------------------------------------------------------
+
+FT_NO_ZERO_GRAD = (
+    "the parameters arrive with gradients left from earlier work: zero them "
+    "(`optimizer.zero_grad()`) before `backward`, or the old gradients are added to the new"
+)
+FT_PENALTY_SIGN = (
+    "the penalty is ADDED to the TD loss (`loss + l2sp_penalty(...)`): subtracting it pushes the "
+    "weights away from the pretrained ones"
+)
+FT_HEAD_PENALISED = (
+    'leave the head out of the penalty: pass `exclude` (default `("head",)`) to `l2sp_penalty`'
+)
+FT_NO_PULL = (
+    "no pull back toward the pretrained weights: when `q_net` has an `l2sp_reference`, add "
+    "`l2sp_penalty(q_net, q_net.l2sp_reference, alpha, exclude)` to the loss; the anchor is that "
+    "reference (a copy of the current weights, `q_net.state_dict()`, gives a penalty of 0)"
+)
+FT_DOUBLE = (
+    "use the plain target `td_target(batch.rewards, target_net(batch.next_obs), "
+    "batch.terminated, gamma)`, not the Double DQN one"
+)
+FT_TD_ONLY = "return the loss that was minimised: the TD loss PLUS the penalty, as a float"
+
+
+def _ft_variant(
+    q_net: Any,
+    target_net: Any,
+    optimizer: torch.optim.Optimizer,
+    batch: Any,
+    gamma: float,
+    alpha: float = 0.0,
+    exclude: Any = ("head",),
+    *,
+    mistake: str = "",
+) -> float:
+    """The reference step with one classic mistake switched on (for the hints)."""
+    from course.dqn import double_td_target, dqn_loss, td_target
+
+    with torch.no_grad():
+        next_q = target_net(batch.next_obs)
+        if mistake == "double":
+            targets = double_td_target(
+                batch.rewards, q_net(batch.next_obs), next_q, batch.terminated, gamma
+            )
+        else:
+            targets = td_target(batch.rewards, next_q, batch.terminated, gamma)
+    td = dqn_loss(q_net(batch.obs), batch.actions, targets)
+    loss = td
+    reference = getattr(q_net, "l2sp_reference", None)
+    if reference is not None and mistake != "no_penalty":
+        if mistake == "toward_current":
+            reference = {k: v.detach().clone() for k, v in q_net.state_dict().items()}
+        skip = () if mistake == "head" else exclude
+        penalty = ref.l2sp_penalty(q_net, reference, alpha, skip)
+        loss = loss - penalty if mistake == "sign" else loss + penalty
+    if mistake != "no_zero_grad":
+        optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float((td if mistake == "td_only" else loss).detach())
+
+
+def _ft_batch(d: dict, seed: int) -> Any:
+    from course.replay import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    n = d["batch_size"]
+    return Batch(
+        obs=torch.randn(n, d["obs_dim"], generator=g),
+        actions=torch.randint(0, d["n_actions"], (n,), generator=g),
+        rewards=torch.randn(n, generator=g),
+        next_obs=torch.randn(n, d["obs_dim"], generator=g),
+        terminated=torch.rand(n, generator=g) < 0.25,
+        tasks=torch.zeros(n, dtype=torch.int64),
+    )
+
+
+def _ft_networks(d: dict) -> tuple[nn.Module, nn.Module]:
+    """The online network prepared for the case's strategy (by the check itself: the library's
+    ``prepare_finetune`` is hidden while Lesson 05 is graded), and the target network."""
+    q_net = QNetwork(d["obs_dim"], d["n_actions"], d["hidden"])
+    target_net = QNetwork(d["obs_dim"], d["n_actions"], d["hidden"])
+    g = torch.Generator().manual_seed(d["seed"])
+    with torch.no_grad():
+        for net in (q_net, target_net):
+            for p in net.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        if d["strategy"] == "freeze_trunk":
+            q_net.trunk.requires_grad_(False)
+            for p in q_net.head.parameters():  # a fresh head
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        if d["strategy"] == "l2sp":
+            q_net.l2sp_reference = {k: v.clone() for k, v in q_net.state_dict().items()}
+            for p in q_net.parameters():  # a few steps away from the pretrained weights
+                p.add_(torch.randn(p.shape, generator=g) * 0.3)
+        for p in q_net.parameters():  # gradients left over from earlier work
+            p.grad = torch.randn(p.shape, generator=g)
+    return q_net, target_net
+
+
+@register
+class FinetuneUpdate(_TransferExercise):
+    """``finetune_update`` is judged by what it does to copies of the same prepared network.
+
+    The probe prepares the online network for the case's strategy itself (a frozen trunk with
+    a fresh head; or an ``l2sp_reference`` holding the pretrained weights, the current weights
+    a few steps away from it), leaves stale gradients on every parameter, builds plain SGD over
+    the trainable parameters (so every change in a gradient shows in the step), calls the
+    answer ``calls`` times in a row and records the returned losses, every parameter afterwards
+    and whether the anchor is still the pretrained weights.
+    """
+
+    id, name = "transfer.finetune_update", "finetune_update"
+    mutates_args = True
+    uses_optimizer = True
+    parts = {"TD step": 1, "frozen trunk": 1, "L2-SP": 2}
+
+    def reference(self, *args: Any, **kwargs: Any) -> float:
+        return ref.finetune_update(*args, **kwargs)
+
+    def probe(self, obj: Any, case: Case) -> Any:
+        d = case.data
+        q_net, target_net = _ft_networks(d)
+        anchor = copy.deepcopy(getattr(q_net, "l2sp_reference", {}))
+        optimizer = torch.optim.SGD([p for p in q_net.parameters() if p.requires_grad], lr=d["lr"])
+        losses = []
+        for call in range(d["calls"]):
+            batch = _ft_batch(d, d["seed"] + 1 + call)
+            value = obj(q_net, target_net, optimizer, batch, d["gamma"], d["alpha"])
+            losses.append(plain.encode(value))
+        now = getattr(q_net, "l2sp_reference", {})
+        kept = isinstance(now, dict) and all(
+            isinstance(now.get(k), torch.Tensor) and torch.equal(now[k], v)
+            for k, v in anchor.items()
+        )
+        return {
+            "type": "finetune_update",
+            "losses": losses,
+            "params": {n: plain.encode(p.detach()) for n, p in q_net.named_parameters()},
+            "anchor_kept": bool(kept),
+        }
+
+    def judge(self, case: Case, got: Any, want: Any) -> str | None:
+        if not (isinstance(got, dict) and got.get("type") == "finetune_update"):
+            return f"could not inspect the update ({plain.describe(got)})"
+        for i, g in enumerate(got["losses"]):
+            if not plain.is_number(g):
+                return (
+                    f"call {i + 1} returned {plain.describe(g)}; return the loss as a Python "
+                    "float (`loss.item()`)"
+                )
+        if not got["anchor_kept"]:
+            return (
+                "`q_net.l2sp_reference` changed: it is the fixed anchor (the pretrained weights); "
+                "read it, never overwrite it"
+            )
+        for name, w in want["params"].items():
+            g = got["params"].get(name) if isinstance(got.get("params"), dict) else None
+            reason = compare(g, w, self.atol, self.rtol)
+            if reason is not None:
+                if name.startswith("trunk") and case.data["strategy"] == "freeze_trunk":
+                    return f"the frozen trunk moved (`{name}`): {reason}"
+                return f"q_net parameter `{name}` after the step(s): {reason}"
+        for i, (g, w) in enumerate(zip(got["losses"], want["losses"])):
+            reason = compare(g, w, self.atol, self.rtol)
+            if reason is not None:
+                return f"the loss returned by call {i + 1}: {reason}"
+        return None
+
+    def mistakes(self) -> dict[str, Callable[..., Any]]:
+        def variant(mistake: str) -> Callable[..., float]:
+            def update(*args: Any, **kwargs: Any) -> float:
+                return _ft_variant(*args, **kwargs, mistake=mistake)
+
+            return update
+
+        pairs = [
+            (FT_NO_ZERO_GRAD, "no_zero_grad"),
+            (FT_DOUBLE, "double"),
+            (FT_PENALTY_SIGN, "sign"),
+            (FT_HEAD_PENALISED, "head"),
+            (FT_NO_PULL, "toward_current"),
+            (FT_TD_ONLY, "td_only"),
+        ]
+        return {hint: variant(mistake) for hint, mistake in pairs}
+
+    def cases(self, generator: torch.Generator) -> list[Case]:
+        # (label, part, strategy, alpha, calls)
+        fixed = [
+            ("full fine-tuning, one step", "TD step", "full", 0.0, 1),
+            ("full fine-tuning, three steps", "TD step", "full", 0.0, 3),
+            ("frozen trunk, fresh head", "frozen trunk", "freeze_trunk", 0.0, 2),
+            ("L2-SP, alpha 0.5", "L2-SP", "l2sp", 0.5, 1),
+            ("L2-SP, alpha 2, two steps", "L2-SP", "l2sp", 2.0, 2),
+        ]
+        out = [self._case(generator, *row) for row in fixed]
+        for k, (part, strategy) in enumerate(
+            (("TD step", "full"), ("frozen trunk", "freeze_trunk"), ("L2-SP", "l2sp"))
+        ):
+            alpha = round(0.1 + 2 * float(torch.rand(1, generator=generator)), 3)
+            out.append(
+                self._case(
+                    generator,
+                    f"random step #{k}",
+                    part,
+                    strategy,
+                    alpha if strategy == "l2sp" else 0.0,
+                    1 + k % 2,
+                )
+            )
+        return out
+
+    def _case(
+        self,
+        generator: torch.Generator,
+        label: str,
+        part: str,
+        strategy: str,
+        alpha: float,
+        calls: int,
+    ) -> Case:
+        seed = int(torch.randint(0, 2**31 - 100, (1,), generator=generator))
+        obs_dim = int(torch.randint(2, 6, (1,), generator=generator))
+        n_actions = int(torch.randint(2, 4, (1,), generator=generator))
+        hidden = tuple(
+            int(h) for h in torch.randint(3, 7, (1 + int(strategy == "l2sp"),), generator=generator)
+        )
+        gamma = round(0.5 + 0.49 * float(torch.rand(1, generator=generator)), 3)
+        prepared = {
+            "full": "pretrained weights, all trainable",
+            "freeze_trunk": "trunk frozen (requires_grad=False), a fresh head",
+            "l2sp": "an l2sp_reference of pretrained weights, current weights moved away from it",
+        }[strategy]
+        shown = (
+            f"QNetwork(obs_dim={obs_dim}, n_actions={n_actions}, hidden={hidden}) with "
+            f"{prepared}; stale gradients on every parameter; torch.optim.SGD(trainable, lr=0.1); "
+            f"gamma={gamma}, alpha={alpha}, {calls} call(s)"
+        )
+        data = {
+            "strategy": strategy,
+            "alpha": alpha,
+            "calls": calls,
+            "obs_dim": obs_dim,
+            "n_actions": n_actions,
+            "hidden": hidden,
+            "gamma": gamma,
+            "lr": 0.1,
+            "batch_size": 16,
+            "seed": seed,
+        }
+        return Case(label, shown=shown, part=part, data=data)
