@@ -4,17 +4,14 @@ Shared by every lesson (introduced in Lesson 01, used for every results plot). T
 
 - :func:`evaluate_policy` runs a policy for a fixed number of episodes on a gymnasium vector
   env, with an explicit seed, and returns one return per episode;
-- aggregate statistics over runs: :func:`mean`, :func:`iqm` (interquartile mean),
-  percentile-bootstrap confidence intervals (:func:`bootstrap_ci`, :func:`curve_ci`), the
-  stratified bootstrap over a runs x tasks score matrix (:func:`stratified_bootstrap_ci`, as in
-  rliable, Agarwal et al. 2021), and the Wilson interval for a success rate
-  (:func:`wilson_interval`);
 - intervals and verdicts at the seed counts the lessons can afford: the Student-t interval of a
-  mean (:func:`mean_ci`, :func:`curve_band`) and :func:`compare`, which turns the interval of a
-  difference between two arms into a verdict ("A better", "B better" or "cannot tell").
-  A percentile bootstrap over 5 seeds covers a nominal 95% interval only about 85% of the time
-  (it treats the 5 values as the whole population); the t interval keeps close to its nominal
-  coverage there for roughly normal per-seed results, which ``tests/test_evaluation.py`` measures.
+  mean (:func:`mean_ci`, :func:`curve_band`), :func:`compare`, which turns the interval of a
+  difference between two arms into a verdict ("A better", "B better" or "cannot tell"), its
+  censored form for steps to a threshold (:func:`compare_censored`), and the Wilson interval for
+  a success rate (:func:`wilson_interval`). A percentile bootstrap over 5 seeds would cover a
+  nominal 95% interval only about 85% of the time (it treats the 5 values as the whole
+  population); the t interval keeps close to its nominal coverage there for roughly normal
+  per-seed results, which ``tests/test_evaluation.py`` measures.
 
 Everything is deterministic given its ``seed``.
 """
@@ -36,20 +33,13 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 __all__ = [
     "Comparison",
     "ConfidenceInterval",
-    "bootstrap_ci",
     "compare",
     "compare_censored",
     "curve_band",
-    "curve_ci",
     "mean_ci",
     "evaluate_policy",
-    "iqm",
-    "mean",
-    "stratified_bootstrap_ci",
     "wilson_interval",
 ]
-
-Statistic = Callable[..., Any]
 
 
 class ConfidenceInterval(NamedTuple):
@@ -134,161 +124,6 @@ def _as_array(values: Any) -> np.ndarray:
     if array.size == 0:
         raise ValueError("no values given; statistics need at least one value")
     return array
-
-
-def mean(values: Any, axis: int | None = None) -> Any:
-    """Arithmetic mean (over everything, or along ``axis``).
-
-    Args:
-        values: Numbers, any shape (array, tensor or nested lists).
-        axis: Axis to reduce, or ``None`` for all values.
-
-    Returns:
-        A float when ``axis`` is ``None``, else an array.
-    """
-    result = _as_array(values).mean(axis=axis)
-    return float(result) if axis is None else result
-
-
-def iqm(values: Any, axis: int | None = None) -> Any:
-    """Interquartile mean: the mean of the middle 50% of the values.
-
-    The ``floor(n / 4)`` smallest and ``floor(n / 4)`` largest values are dropped and the rest
-    averaged (``scipy.stats.trim_mean(values, 0.25)``, the definition rliable uses). More robust
-    than the mean to a few failed runs, more efficient than the median.
-
-    Args:
-        values: Numbers, any shape.
-        axis: Axis to reduce, or ``None`` for all values.
-
-    Returns:
-        A float when ``axis`` is ``None``, else an array.
-
-    Example:
-        >>> iqm([1, 2, 3, 4, 5, 6, 7, 100])
-        4.5
-    """
-    array = _as_array(values)
-    if axis is None:
-        array, axis = array.reshape(-1), 0
-    array = np.sort(np.moveaxis(array, axis, -1), axis=-1)
-    n = array.shape[-1]
-    cut = n // 4
-    result = array[..., cut : n - cut].mean(axis=-1)
-    return float(result) if result.ndim == 0 else result
-
-
-def _percentile_interval(
-    estimate: float, resampled: np.ndarray, confidence: float
-) -> ConfidenceInterval:
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(resampled, [alpha, 1.0 - alpha], axis=0)
-    return ConfidenceInterval(float(estimate), float(low), float(high))
-
-
-def _check_confidence(confidence: float, n_resamples: int) -> None:
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence is {confidence}; use a level in (0, 1), e.g. 0.95")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples is {n_resamples}; use at least 1 (typically 2000+)")
-
-
-def bootstrap_ci(
-    values: Any,
-    statistic: Statistic = mean,
-    confidence: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> ConfidenceInterval:
-    """Percentile-bootstrap confidence interval of a statistic of independent values.
-
-    Args:
-        values: ``[n]`` independent measurements (e.g. one final return per seed).
-        statistic: Reduces the last axis of an array, called as ``statistic(x, axis=-1)``;
-            :func:`mean` or :func:`iqm`.
-        confidence: Coverage level of the interval.
-        n_resamples: Number of bootstrap resamples.
-        seed: Seed of the resampling; the same seed gives the same interval.
-
-    Returns:
-        The statistic of ``values`` and the interval's bounds.
-    """
-    _check_confidence(confidence, n_resamples)
-    array = _as_array(values).reshape(-1)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, array.size, size=(n_resamples, array.size))
-    resampled = np.asarray(statistic(array[idx], axis=-1))
-    return _percentile_interval(statistic(array, axis=None), resampled, confidence)
-
-
-def stratified_bootstrap_ci(
-    scores: Any,
-    statistic: Statistic = iqm,
-    confidence: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> ConfidenceInterval:
-    """Stratified bootstrap over a runs x tasks score matrix (rliable's aggregate intervals).
-
-    Each resample draws, for every task separately, ``runs`` runs with replacement from that
-    task's column, then computes ``statistic`` over all the resampled scores together. With one
-    task this is :func:`bootstrap_ci`.
-
-    Args:
-        scores: ``[runs, tasks]`` (e.g. normalised final returns, one row per seed).
-        statistic: Reduces the last axis (``statistic(x, axis=-1)``); :func:`iqm` by default.
-        confidence: Coverage level.
-        n_resamples: Number of bootstrap resamples.
-        seed: Seed of the resampling.
-
-    Returns:
-        The statistic over all scores and the interval's bounds.
-
-    Raises:
-        ValueError: If ``scores`` is not two-dimensional.
-    """
-    _check_confidence(confidence, n_resamples)
-    array = _as_array(scores)
-    if array.ndim != 2:
-        raise ValueError(f"scores has shape {array.shape}; expected a [runs, tasks] matrix")
-    runs, tasks = array.shape
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, runs, size=(n_resamples, runs, tasks))
-    resampled = np.take_along_axis(array[None], idx, axis=1).reshape(n_resamples, -1)
-    estimate = statistic(array, axis=None)
-    return _percentile_interval(estimate, np.asarray(statistic(resampled, axis=-1)), confidence)
-
-
-def curve_ci(
-    curves: Any,
-    statistic: Statistic = mean,
-    confidence: float = 0.95,
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pointwise bootstrap band of learning curves, resampling whole runs.
-
-    Args:
-        curves: ``[runs, T]``, one curve per run on a common step grid.
-        statistic: Reduces the last axis; :func:`mean` or :func:`iqm`.
-        confidence: Coverage level of each pointwise interval.
-        n_resamples: Number of bootstrap resamples.
-        seed: Seed of the resampling.
-
-    Returns:
-        ``(estimate, low, high)``, each ``[T]``: ready for ``plt.fill_between``.
-    """
-    _check_confidence(confidence, n_resamples)
-    array = _as_array(curves)
-    if array.ndim != 2:
-        raise ValueError(f"curves has shape {array.shape}; expected [runs, T]")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, array.shape[0], size=(n_resamples, array.shape[0]))
-    resampled = np.asarray(statistic(np.swapaxes(array[idx], 1, 2), axis=-1))  # [R, T]
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(resampled, [alpha, 1.0 - alpha], axis=0)
-    estimate = np.asarray(statistic(array.T, axis=-1), dtype=np.float64)
-    return estimate, low, high
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> ConfidenceInterval:

@@ -152,7 +152,7 @@ def plot_replay_curves(
 ) -> Figure:
     """Curves with their confidence bands, one per learner, against the number of updates.
 
-    Taught in Lesson 02. The bands come from `course.evaluation.curve_ci`.
+    Taught in Lesson 02. The bands come from `course.evaluation.curve_band`.
 
     Args:
         steps: Update counts of the measurements, ``[E]``.

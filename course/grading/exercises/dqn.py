@@ -1489,7 +1489,7 @@ class TrainLoop(_DQNExercise):
     ``learning`` (the learned values against the chain's exact Q*).
     """
 
-    id, name = "dqn.train_loop", "train_loop"
+    solves = ref.train_loop
     mutates_args = True
     uses_optimizer = True
     parts = {"replay": 1, "updates and target": 1, "learning": 1}
@@ -1498,9 +1498,6 @@ class TrainLoop(_DQNExercise):
     # share of non-greedy actions, early (epsilon near 1) and late (epsilon 0.1) in training:
     # standard errors about 0.05 and 0.015 here
     eps_tol = {"early_explore": 0.2, "late_explore": 0.1}
-
-    def reference(self, *args: Any, **kwargs: Any) -> list[tuple[int, float]]:
-        return ref.train_loop(*args, **kwargs)
 
     def probe(self, obj: Any, case: Case) -> Any:
         if getattr(obj, "__func__", None) is TrainLoop.reference:

@@ -991,13 +991,10 @@ class FinetuneUpdate(_TransferExercise):
     and whether the anchor is still the pretrained weights.
     """
 
-    id, name = "transfer.finetune_update", "finetune_update"
+    solves = ref.finetune_update
     mutates_args = True
     uses_optimizer = True
     parts = {"TD step": 1, "frozen trunk": 1, "L2-SP": 2}
-
-    def reference(self, *args: Any, **kwargs: Any) -> float:
-        return ref.finetune_update(*args, **kwargs)
 
     def probe(self, obj: Any, case: Case) -> Any:
         d = case.data
