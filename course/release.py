@@ -129,6 +129,7 @@ def _loads_and_stores(tree: ast.Module, tainted: set[str]) -> tuple[bool, set[st
     reads_tainted = False
     binds: set[str] = set()
     tainted_defs: set[str] = set()
+    tainted = set(tainted)  # grows as this cell defines functions that call a stub
 
     def reads(node: ast.AST) -> set[str]:
         names = set()
@@ -154,6 +155,7 @@ def _loads_and_stores(tree: ast.Module, tainted: set[str]) -> tuple[bool, set[st
             binds.add(stmt.name)
             if reads(stmt) & tainted:
                 tainted_defs.add(stmt.name)
+                tainted.add(stmt.name)
             continue
         skip = check_call_args(stmt)
         stmt_reads = {n for n in reads(stmt) if n not in skip}

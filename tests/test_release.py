@@ -109,6 +109,16 @@ def test_lesson_clears_outputs_and_tags_what_needs_the_student_code():
     assert nb.cells[1].source == EXERCISE, "the solution notebook must not change"
 
 
+def test_a_cell_that_defines_and_calls_a_helper_of_the_exercise_is_tagged():
+    nb = notebook(
+        ("code", EXERCISE),
+        ("code", "def helper(v):\n    return double(v) + 1\n\nhelper(3)"),
+        ("code", "def unrelated(v):\n    return v\n\nunrelated(3)"),
+    )
+    raises = [RAISES in c.metadata.get("tags", []) for c in make_lesson(nb).cells[1:]]
+    assert raises == [False, True, False]
+
+
 def test_top_level_stub_tags_its_own_cell():
     nb = notebook(("code", "### BEGIN SOLUTION\nanswer = 42\n### END SOLUTION\nprint(answer)"))
     assert make_lesson(nb).cells[1].metadata["tags"] == [RAISES]
