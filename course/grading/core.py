@@ -18,6 +18,7 @@ implementation: when a failing answer equals what that mistake produces, the hin
 from __future__ import annotations
 
 import copy
+import functools
 import html
 import linecache
 import math
@@ -551,6 +552,14 @@ def _is_reference(obj: Any, exercise: Exercise) -> bool:
         return True
     module = getattr(obj, "__module__", "") or ""
     return module.startswith("course.") and getattr(obj, "__name__", None) == exercise.name
+
+
+def switched_mistakes(
+    wrong: Callable[..., Any], mistakes: Sequence[tuple[str, str]]
+) -> dict[str, Callable[..., Any]]:
+    """``Exercise.mistakes`` for an exercise whose wrong versions are one function with a
+    switch: hint -> ``wrong`` called with ``mistake=<name>``."""
+    return {hint: functools.partial(wrong, mistake=name) for hint, name in mistakes}
 
 
 # --- the registry ----------------------------------------------------------------------------

@@ -46,7 +46,14 @@ from torch import nn
 
 from course import dqn as ref
 from course.grading import plain
-from course.grading.core import Case, Exercise, _changed_argument, compare, register
+from course.grading.core import (
+    Case,
+    Exercise,
+    _changed_argument,
+    compare,
+    register,
+    switched_mistakes,
+)
 from course.grading.plain import show_tensor
 from course.replay import ReplayBuffer
 
@@ -1111,15 +1118,9 @@ class DQNUpdate(_DQNExercise):
         return None
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
-        def variant(mistake: str) -> Callable[..., float]:
-            def update(*args: Any, **kwargs: Any) -> float:
-                return _update_variant(*args, **kwargs, mistake=mistake)
-
-            return update
-
-        return {
-            hint: variant(mistake)
-            for hint, mistake in [
+        return switched_mistakes(
+            _update_variant,
+            [
                 (TARGET_GRAD, "target_grad"),
                 (SEMI_GRADIENT, "semi_gradient"),
                 (ONLINE_TARGETS, "online_targets"),
@@ -1132,8 +1133,8 @@ class DQNUpdate(_DQNExercise):
                 (DOUBLE_SWAPPED, "double_swapped"),
                 (NO_CLIP, "no_clip"),
                 (CLIP_VALUE, "clip_value"),
-            ]
-        }
+            ],
+        )
 
     def cases(self, generator: torch.Generator) -> list[Case]:
         # (label, part, calls, double, clip, optimizer, terminal share)
@@ -1585,15 +1586,9 @@ class TrainLoop(_DQNExercise):
         return None
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
-        def variant(mistake: str) -> Callable[..., Any]:
-            def loop(*args: Any, **kwargs: Any) -> Any:
-                return _loop_variant(*args, **kwargs, mistake=mistake)
-
-            return loop
-
-        return {
-            hint: variant(mistake)
-            for hint, mistake in [
+        return switched_mistakes(
+            _loop_variant,
+            [
                 (FAKE_STORED, "fake"),
                 (DONE_STORED, "done_flag"),
                 (OBS_SHIFTED, "obs_shifted"),
@@ -1606,8 +1601,8 @@ class TrainLoop(_DQNExercise):
                 (ALWAYS_GREEDY, "greedy"),
                 (NO_DECAY, "no_decay"),
                 (EPS_VECTOR_STEPS, "vector"),
-            ]
-        }
+            ],
+        )
 
     def cases(self, generator: torch.Generator) -> list[Case]:
         # (label, part, copies, cells, time limit, steps, learning_starts, train_every, sync)

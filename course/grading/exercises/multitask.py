@@ -32,7 +32,7 @@ from torch import nn
 
 from course import multitask as ref
 from course.grading import plain
-from course.grading.core import Case, Exercise, compare, compare_scalar, register
+from course.grading.core import Case, Exercise, compare, compare_scalar, register, switched_mistakes
 from course.grading.plain import show_tensor
 
 LESSON = "04_multitask"
@@ -1260,24 +1260,20 @@ class MultitaskUpdate(_MultitaskExercise):
         return None
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
-        def variant(mistake: str) -> Callable[..., float]:
-            def update(*args: Any, **kwargs: Any) -> float:
-                return _mt_variant(*args, **kwargs, mistake=mistake)
-
-            return update
-
-        pairs = [
-            (ONE_MEAN, "one_mean"),
-            (DROPPED_TASK, "dropped"),
-            (ROW_SUM, "row_sum"),
-            (ABSENT_TASK, "absent"),
-            (MT_NO_ZERO_GRAD, "no_zero_grad"),
-            (TRUNK_PENALTY, "trunk_penalty"),
-            (REGULARIZER_IGNORED, "regularizer_ignored"),
-            (PCGRAD_ON_HEADS, "pcgrad_heads"),
-            (PCGRAD_IGNORED, "pcgrad_ignored"),
-        ]
-        return {hint: variant(mistake) for hint, mistake in pairs}
+        return switched_mistakes(
+            _mt_variant,
+            [
+                (ONE_MEAN, "one_mean"),
+                (DROPPED_TASK, "dropped"),
+                (ROW_SUM, "row_sum"),
+                (ABSENT_TASK, "absent"),
+                (MT_NO_ZERO_GRAD, "no_zero_grad"),
+                (TRUNK_PENALTY, "trunk_penalty"),
+                (REGULARIZER_IGNORED, "regularizer_ignored"),
+                (PCGRAD_ON_HEADS, "pcgrad_heads"),
+                (PCGRAD_IGNORED, "pcgrad_ignored"),
+            ],
+        )
 
     def cases(self, generator: torch.Generator) -> list[Case]:
         # (label, part, row counts per task, calls, lam, regularizer, pcgrad)

@@ -44,6 +44,7 @@ from course.grading.core import (
     compare,
     compare_scalar,
     register,
+    switched_mistakes,
 )
 from course.grading.plain import show_tensor
 
@@ -1046,21 +1047,17 @@ class FinetuneUpdate(_TransferExercise):
         return None
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
-        def variant(mistake: str) -> Callable[..., float]:
-            def update(*args: Any, **kwargs: Any) -> float:
-                return _ft_variant(*args, **kwargs, mistake=mistake)
-
-            return update
-
-        pairs = [
-            (FT_NO_ZERO_GRAD, "no_zero_grad"),
-            (FT_DOUBLE, "double"),
-            (FT_PENALTY_SIGN, "sign"),
-            (FT_HEAD_PENALISED, "head"),
-            (FT_NO_PULL, "toward_current"),
-            (FT_TD_ONLY, "td_only"),
-        ]
-        return {hint: variant(mistake) for hint, mistake in pairs}
+        return switched_mistakes(
+            _ft_variant,
+            [
+                (FT_NO_ZERO_GRAD, "no_zero_grad"),
+                (FT_DOUBLE, "double"),
+                (FT_PENALTY_SIGN, "sign"),
+                (FT_HEAD_PENALISED, "head"),
+                (FT_NO_PULL, "toward_current"),
+                (FT_TD_ONLY, "td_only"),
+            ],
+        )
 
     def cases(self, generator: torch.Generator) -> list[Case]:
         # (label, part, strategy, alpha, calls)
