@@ -57,6 +57,10 @@ __all__ = [
     "epsilon_greedy",
     "first_reached",
     "value_bias",
+    "OVERESTIMATION_CONFIG",
+    "Overestimation",
+    "measure_overestimation",
+    "noise_free_grid_vec",
     "cartpole_record",
     "load_record",
     "CARTPOLE_RECORD",
@@ -710,6 +714,108 @@ class NoisyRewards(gym.vector.VectorWrapper):
         obs, rewards, terminated, truncated, info = self.env.step(actions)
         noise = self._rng.normal(0.0, self.std, np.shape(rewards))
         return obs, np.asarray(rewards) + noise, terminated, truncated, info
+
+
+# The overestimation experiment of Lesson 03: a one-hot grid world (exact Q* known) with noisy
+# rewards, DQN against Double DQN at the same settings and seeds.
+OVERESTIMATION_CONFIG = DQNConfig(
+    total_steps=5_000,
+    num_envs=8,
+    hidden=(64, 64),
+    lr=1e-3,
+    lr_decay_fraction=1.0,
+    gamma=0.9,
+    batch_size=64,
+    buffer_size=5_000,
+    learning_starts=500,
+    updates_per_step=0.25,
+    target_update_interval=100,
+    eps_end=0.01,
+    exploration_fraction=0.2,
+    eval_every=5_000,
+    eval_episodes=1,
+)
+OVERESTIMATION_GOAL = (0, 6)
+
+
+def noise_free_grid_vec(num_envs: int) -> VectorEnv:
+    """The overestimation task without the noise: goal (0, 6), episodes from a random cell."""
+    import course.envs  # noqa: F401  (registers course/GridFamily-v0)
+
+    return gym.make_vec(
+        "course/GridFamily-v0",
+        num_envs=num_envs,
+        vectorization_mode="vector_entry_point",
+        goal=OVERESTIMATION_GOAL,
+        start="uniform",
+    )
+
+
+@dataclasses.dataclass
+class Overestimation:
+    """What :func:`measure_overestimation` measured.
+
+    Attributes:
+        runs: ``{"DQN": result, "Double DQN": result}``, same seeds and settings.
+        q_values: Per variant, every seed's learned ``Q`` of every state ``[S, A]``.
+        bias: Per variant, every seed's :func:`value_bias` against ``Q*``.
+        q_star: The exact ``Q*`` ``[S, A]``.
+        mdp: The task's exact MDP (``mdp.terminal`` marks the goal).
+    """
+
+    runs: dict[str, DQNResult]
+    q_values: dict[str, list[torch.Tensor]]
+    bias: dict[str, list[float]]
+    q_star: torch.Tensor
+    mdp: Any
+
+
+def measure_overestimation(
+    seeds: Sequence[int],
+    config: DQNConfig = OVERESTIMATION_CONFIG,
+    noise_std: float = 1.0,
+    progress: bool = False,
+) -> Overestimation:
+    """DQN and Double DQN on the grid task with rewards made noisy; their bias against Q*.
+
+    Taught in Lesson 03 (``benchmarks/bench_overestimation.py`` runs it with more seeds). The
+    noise has mean 0, so Q* is unchanged; every target carries noise for the max to pick up.
+
+    Args:
+        seeds: One agent per seed in each variant; both variants share them.
+        config: Settings of both variants (``double_dqn`` is set per variant).
+        noise_std: Standard deviation of the reward noise.
+        progress: Show progress bars.
+
+    Returns:
+        The runs, the learned values, and each seed's bias (see :class:`Overestimation`).
+    """
+    from course.mdp import value_iteration
+
+    def make_noisy_grid(num_envs: int) -> VectorEnv:
+        return NoisyRewards(noise_free_grid_vec(num_envs), std=noise_std)
+
+    runs = {
+        name: train_dqn(
+            dataclasses.replace(config, double_dqn=double),
+            seeds=seeds,
+            make_env=make_noisy_grid,
+            progress=progress,
+        )
+        for name, double in [("DQN", False), ("Double DQN", True)]
+    }
+    grid = noise_free_grid_vec(1)
+    mdp = grid.mdp()
+    _, q_star = value_iteration(mdp)
+    observations = torch.as_tensor(grid.observations())  # one row per state, in state order
+    grid.close()
+    with torch.no_grad():
+        q_values = {
+            name: [run.network(agent)(observations) for agent in range(len(run.seeds))]
+            for name, run in runs.items()
+        }
+    bias = {name: [value_bias(q, q_star, mdp.terminal) for q in q_values[name]] for name in runs}
+    return Overestimation(runs, q_values, bias, q_star, mdp)
 
 
 def episode_curve(

@@ -473,3 +473,22 @@ def test_train_dqn_with_train_loops_settings_learns_the_same_chain():
     for agent in range(3):
         q = run.network(agent)(torch.eye(5)).detach().numpy()
         assert np.abs(q[:4] - q_star[:4]).max() < 0.1
+
+
+def test_measure_overestimation_pairs_the_variants_by_seed_and_measures_against_q_star():
+    import dataclasses
+
+    from course.dqn import OVERESTIMATION_CONFIG, measure_overestimation, value_bias
+
+    config = dataclasses.replace(OVERESTIMATION_CONFIG, total_steps=800, learning_starts=200)
+    first = measure_overestimation([3, 4], config)
+    again = measure_overestimation([3, 4], config)
+    assert list(first.bias) == ["DQN", "Double DQN"]
+    assert first.bias == again.bias  # deterministic
+    assert first.runs["DQN"].seeds == first.runs["Double DQN"].seeds == (3, 4)
+    assert first.runs["Double DQN"].config.double_dqn and not first.runs["DQN"].config.double_dqn
+    q = first.q_values["DQN"][1]
+    assert q.shape == first.q_star.shape
+    assert first.bias["DQN"][1] == value_bias(q, first.q_star, first.mdp.terminal)
+    quiet = measure_overestimation([3], config, noise_std=0.0)
+    assert quiet.bias["DQN"][0] != first.bias["DQN"][0]  # the noise reaches the targets
