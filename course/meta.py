@@ -64,6 +64,7 @@ __all__ = [
     "sine_comparisons",
     "fresh_state",
     "reptile_dqn",
+    "parts_returns",
     "task_returns",
     "train_generalists",
     "SineMetaConfig",
@@ -635,18 +636,48 @@ def task_returns(
     Returns:
         ``[N, K]`` mean returns, float64.
     """
-    N, K, E = len(networks), len(tasks), len(tasks) * n_episodes
-    # one env for all networks, block a = network a's sub-envs grouped by task; every block gets
-    # the seeds one env of its own would (seed + j), so every network meets the same start states
-    env = make_cartpole_vec(list(tasks) * N, n_episodes)
-    seeds = [seed + j for j in range(E)] * N
+    return parts_returns(networks, [tasks], n_episodes, seed)[0]
+
+
+@torch.no_grad()
+def parts_returns(
+    networks: Sequence[nn.Module],
+    parts: Sequence[Sequence[CartPoleTask]],
+    n_episodes: int = 5,
+    seed: int = 10**6,
+) -> list[torch.Tensor]:
+    """:func:`task_returns` of every network on each of several lists of tasks, in one run.
+
+    All the episodes run in one vector env, the slowest episode setting the pace for all of
+    them; each list's episodes start from the states ``task_returns`` would give it alone.
+
+    Args:
+        networks: ``N`` Q-networks.
+        parts: Lists of tasks, ``K_p`` tasks in list ``p``.
+        n_episodes: Episodes per task.
+        seed: Reset seed.
+
+    Returns:
+        One ``[N, K_p]`` tensor of mean returns (float64) per list.
+    """
+    sizes = [len(tasks) * n_episodes for tasks in parts]
+    if min(sizes, default=0) < 1 or not networks:
+        raise ValueError("give at least one network, one task per list and one episode")
+    # block a = network a's sub-envs, list by list, grouped by task; each list's sub-env j is
+    # seeded seed + j, as in a run of its own, so every network meets the same start states
+    everything = [task for tasks in parts for task in tasks]
+    env = make_cartpole_vec(everything * len(networks), n_episodes)
+    block = [seed + j for size in sizes for j in range(size)]
+    E = len(block)
 
     def policy(obs: torch.Tensor) -> torch.Tensor:
         return torch.cat([net(o).argmax(-1) for net, o in zip(networks, obs.split(E))])
 
+    seeds = block * len(networks)
     returns = evaluate_policy(policy, env, env.num_envs, seeds)  # type: ignore[arg-type]
     env.close()
-    return returns.reshape(N, K, n_episodes).mean(dim=2)
+    per_part = returns.reshape(len(networks), E).split(sizes, dim=1)
+    return [r.reshape(len(networks), -1, n_episodes).mean(dim=2) for r in per_part]
 
 
 MEASURES: tuple[str, ...] = ("mean", "worst")
@@ -841,10 +872,10 @@ def train_generalists(
     for arm in arms:
         index = [i for i, (a, _) in enumerate(agents) if a == arm]
         arm_nets = [nets[i] for i in index]
-        returns["train"][arm] = task_returns(arm_nets, own[arm], n_episodes)
-        parts = {"validation": split.validation, "test": split.test, "beyond": beyond, "grid": grid}
-        for part, tasks in parts.items():
-            returns[part][arm] = task_returns(arm_nets, tasks, n_episodes)
+        parts = {"train": own[arm], "validation": split.validation, "test": split.test}
+        parts |= {"beyond": beyond, "grid": grid}
+        for part, scores in zip(parts, parts_returns(arm_nets, list(parts.values()), n_episodes)):
+            returns[part][arm] = scores
         states[arm] = [result.states[i] for i in index]
         curves[arm] = result.eval_mean[index]
     return GeneralisationResult(
@@ -930,8 +961,8 @@ REPTILE_INNER_CONFIG = dataclasses.replace(
 """One inner loop of RL Reptile: 1,000 steps of DQN on one task from the current
 meta-parameters, with a fresh replay buffer and little exploration."""
 
-FINETUNE_CONFIG = dataclasses.replace(REPTILE_INNER_CONFIG, eval_every=250)
-"""Fine-tuning on a held-out task: an inner loop's budget, evaluated every 250 steps."""
+FINETUNE_CONFIG = dataclasses.replace(REPTILE_INNER_CONFIG, eval_every=500)
+"""Fine-tuning on a held-out task: an inner loop's budget, evaluated every 500 steps."""
 
 
 @dataclass

@@ -208,6 +208,20 @@ def test_task_returns_match_evaluate_per_task():
         assert got[0, k].item() == pytest.approx(alone.mean().item())
 
 
+def test_parts_returns_match_task_returns_part_by_part():
+    from course.dqn import QNetwork
+
+    torch.manual_seed(1)
+    nets = [QNetwork(4, 2, (8,)) for _ in range(3)]
+    parts = [[CartPoleTask(length=0.3)], [CartPoleTask(length=1.0), CartPoleTask(length=2.5)]]
+    together = meta.parts_returns(nets, parts, n_episodes=3, seed=11)
+    assert [r.shape for r in together] == [(3, 1), (3, 2)]
+    for tasks, got in zip(parts, together):
+        torch.testing.assert_close(got, meta.task_returns(nets, tasks, n_episodes=3, seed=11))
+    with pytest.raises(ValueError, match="at least one network"):
+        meta.parts_returns(nets, [[]], n_episodes=3)
+
+
 @pytest.fixture(scope="module")
 def generalists():
     split = meta.cartpole_split(meta.LENGTH_FAMILY, 4, 2, 3, seed=0)
