@@ -11,13 +11,15 @@ Two parts, which can run in separate processes:
   fine-tuned on the longest test pole against the single-source, randomised and fresh starts.
 
 The defaults are the lesson's settings scaled up (the lesson: 150 Reptile steps, 10 sine seeds;
-5 CartPole seeds of 8,000 steps; 2 Reptile iterations; 1,000 fine-tuning steps).
+10 CartPole seeds of 8,000 steps, 4 validation and 8 test tasks; 2 Reptile iterations; 1,000
+fine-tuning steps). The CartPole part keeps the lesson's budget per agent and doubles the seeds
+and the validation and test tasks, so that its verdicts check the lesson's.
 
 Usage::
 
     .venv/bin/python benchmarks/bench_meta.py                      # both parts, long budgets
     .venv/bin/python benchmarks/bench_meta.py --part sine --outer-steps 1000 --sine-seeds 20
-    .venv/bin/python benchmarks/bench_meta.py --part cartpole --seeds 10 --steps 30000  # longer
+    .venv/bin/python benchmarks/bench_meta.py --part cartpole --seeds 20 --steps 16000  # longer
     .venv/bin/python benchmarks/bench_meta.py --lesson             # the lesson's own budgets
 
 Timings depend on the machine and on what else runs on it; each part prints its wall time.
@@ -79,28 +81,47 @@ def run_sine(outer_steps: int, seeds: int) -> None:
 
 
 def run_cartpole(
-    seeds: int, steps: int, iterations: int, tasks: int, finetune_steps: int, device: str
+    seeds: int,
+    steps: int,
+    n_validation: int,
+    n_test: int,
+    iterations: int,
+    tasks: int,
+    finetune_steps: int,
+    device: str,
 ) -> None:
     start = time.perf_counter()
-    split = cartpole_split(LENGTH_FAMILY, n_train=4, n_validation=4, n_test=8, seed=0)
+    split = cartpole_split(LENGTH_FAMILY, 4, n_validation, n_test, seed=0)
     config = dataclasses.replace(
-        GENERALISATION_CONFIG,
-        total_steps=steps,
-        buffer_size=steps,
-        eval_every=max(steps // 4, 1),
+        GENERALISATION_CONFIG, total_steps=steps, buffer_size=steps, eval_every=steps
     )
     result = train_generalists(split, LENGTH_FAMILY, range(seeds), config, device=device)
-    print(f"== CartPole generalisation: 3 arms x {seeds} seeds x {steps} steps")
-    print(result.table())
-    chosen, comparisons = result.chosen_comparisons()
-    print("   chosen on the validation tasks:", chosen)
-    for comparison in comparisons:
-        print("  ", comparison)
-    lengths = " ".join(f"{t.length:.2g}" for t in result.grid)
-    print(f"   grid lengths      {lengths}")
+    print(
+        f"== CartPole generalisation: 3 arms x {seeds} seeds x {steps} steps; "
+        f"{n_validation} validation, {n_test} test tasks"
+    )
+    print("   mean over the tasks of each part")
+    print(result.table("mean"))
+    print("   worst task of each part")
+    print(result.table("worst"))
+    for arm, lengths in result.breaks(fraction=0.5).items():
+        print(f"   {arm:<11} breaks at", " ".join(f"{x:.2g}" for x in lengths) or "no grid length")
+    for comparison in result.gap_comparisons("default"):
+        print("   gap:", comparison)
+    for measure in ("worst", "mean"):
+        chosen, comparisons = result.chosen_comparisons(measure)
+        print(f"   by the {measure} test task; chosen on the validation tasks: {chosen}")
+        for comparison in comparisons:
+            print("     ", comparison)
+    chosen = result.select("validation", "worst")
+    print("   beyond:", " ".join(f"{t.length:.2g}" for t in result.beyond))
+    for comparison in result.versus(chosen, "beyond", "mean"):
+        print("     ", comparison)
+    lengths = " ".join(f"{t.length:4.2g}" for t in result.grid)
+    print(f"   grid lengths {lengths}")
     for arm in result.arms:
         row = " ".join(f"{v:4.0f}" for v in result.returns["grid"][arm].mean(dim=0).tolist())
-        print(f"   {arm:<17} {row}")
+        print(f"   {arm:<12} {row}")
     print(f"   ({time.perf_counter() - start:.0f} s)")
 
     start = time.perf_counter()
@@ -138,8 +159,10 @@ def main() -> None:
     parser.add_argument("--lesson", action="store_true", help="the lesson's own budgets")
     parser.add_argument("--outer-steps", type=int, default=1000, help="Reptile steps (sine)")
     parser.add_argument("--sine-seeds", type=int, default=20)
-    parser.add_argument("--seeds", type=int, default=10, help="CartPole seeds per arm")
-    parser.add_argument("--steps", type=int, default=16_000, help="CartPole steps per agent")
+    parser.add_argument("--seeds", type=int, default=20, help="CartPole seeds per arm")
+    parser.add_argument("--steps", type=int, default=8_000, help="CartPole steps per agent")
+    parser.add_argument("--validation-tasks", type=int, default=16, help="CartPole")
+    parser.add_argument("--test-tasks", type=int, default=16, help="CartPole")
     parser.add_argument("--iterations", type=int, default=6, help="Reptile iterations (RL)")
     parser.add_argument("--tasks", type=int, default=4, help="tasks per Reptile iteration (RL)")
     parser.add_argument("--finetune-steps", type=int, default=2_000)
@@ -148,13 +171,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.lesson:
-        args.outer_steps, args.sine_seeds, args.seeds, args.steps = 150, 10, 5, 8_000
+        args.outer_steps, args.sine_seeds, args.seeds, args.steps = 150, 10, 10, 8_000
+        args.validation_tasks, args.test_tasks = 4, 8
         args.iterations, args.tasks, args.finetune_steps = 2, 2, 1_000
     if args.part in ("sine", "all"):
         run_sine(args.outer_steps, args.sine_seeds)
     if args.part in ("cartpole", "all"):
         run_cartpole(
-            args.seeds, args.steps, args.iterations, args.tasks, args.finetune_steps, args.device
+            args.seeds,
+            args.steps,
+            args.validation_tasks,
+            args.test_tasks,
+            args.iterations,
+            args.tasks,
+            args.finetune_steps,
+            args.device,
         )
 
 

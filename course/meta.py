@@ -19,8 +19,9 @@ The module reads top to bottom like the lesson:
 2. Reptile on a supervised family (Lesson 04's sine waves, seconds): few-step adaptation from a
    Reptile initialisation, from a network pretrained on the mixture of tasks, and from scratch;
 3. CartPole: task splits along one physics parameter, the three agents (default task, a few
-   training tasks, randomised tasks) at matched budgets, their returns on every task, and a
-   Reptile initialisation fine-tuned on a held-out task.
+   training tasks, randomised tasks) at matched budgets, their returns on every task (inside the
+   family and beyond it), summed up by the mean and by the worst task, where each one breaks,
+   and a Reptile initialisation fine-tuned on a held-out task.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ __all__ = [
     "GENERALISATION_CONFIG",
     "GeneralisationResult",
     "LENGTH_FAMILY",
+    "MEASURES",
     "REPTILE_INNER_CONFIG",
     "SINE_META_CONFIG",
     "cartpole_split",
@@ -62,6 +64,7 @@ __all__ = [
     "sine_comparisons",
     "fresh_state",
     "reptile_dqn",
+    "parts_returns",
     "task_returns",
     "train_generalists",
     "SineMetaConfig",
@@ -514,16 +517,17 @@ GENERALISATION_CONFIG = DQNConfig(
     buffer_size=8_000,
     batch_size=64,
     learning_starts=500,
-    updates_per_step=0.25,
+    updates_per_step=0.5,
     target_update_interval=250,
     eps_start=1.0,
     eps_end=0.01,
     exploration_fraction=0.2,
-    eval_every=4_000,
+    eval_every=8_000,
     eval_episodes=4,
 )
 """The agents of the lesson's generalisation experiment: Lesson 05's source network and
-hyperparameters at 40% of its budget (what one core affords for 15 agents), 8 envs per agent."""
+hyperparameters at 40% of its budget and twice its replay ratio (what one core affords for 30
+agents), 8 envs per agent."""
 
 ARMS: tuple[str, ...] = ("default", "multitask", "randomised")
 """``"default"``: one task, the family's base (default CartPole). ``"multitask"``: the split's
@@ -632,18 +636,58 @@ def task_returns(
     Returns:
         ``[N, K]`` mean returns, float64.
     """
-    out = []
-    for net in networks:
-        env = make_cartpole_vec(tasks, n_episodes)  # sub-envs grouped by task
-        returns = evaluate_policy(lambda obs, net=net: net(obs).argmax(-1), env, env.num_envs, seed)
-        out.append(returns.reshape(len(tasks), n_episodes).mean(dim=1))
-        env.close()
-    return torch.stack(out)
+    return parts_returns(networks, [tasks], n_episodes, seed)[0]
+
+
+@torch.no_grad()
+def parts_returns(
+    networks: Sequence[nn.Module],
+    parts: Sequence[Sequence[CartPoleTask]],
+    n_episodes: int = 5,
+    seed: int = 10**6,
+) -> list[torch.Tensor]:
+    """:func:`task_returns` of every network on each of several lists of tasks, in one run.
+
+    All the episodes run in one vector env, the slowest episode setting the pace for all of
+    them; each list's episodes start from the states ``task_returns`` would give it alone.
+
+    Args:
+        networks: ``N`` Q-networks.
+        parts: Lists of tasks, ``K_p`` tasks in list ``p``.
+        n_episodes: Episodes per task.
+        seed: Reset seed.
+
+    Returns:
+        One ``[N, K_p]`` tensor of mean returns (float64) per list.
+    """
+    sizes = [len(tasks) * n_episodes for tasks in parts]
+    if min(sizes, default=0) < 1 or not networks:
+        raise ValueError("give at least one network, one task per list and one episode")
+    # block a = network a's sub-envs, list by list, grouped by task; each list's sub-env j is
+    # seeded seed + j, as in a run of its own, so every network meets the same start states
+    everything = [task for tasks in parts for task in tasks]
+    env = make_cartpole_vec(everything * len(networks), n_episodes)
+    block = [seed + j for size in sizes for j in range(size)]
+    E = len(block)
+
+    def policy(obs: torch.Tensor) -> torch.Tensor:
+        return torch.cat([net(o).argmax(-1) for net, o in zip(networks, obs.split(E))])
+
+    seeds = block * len(networks)
+    returns = evaluate_policy(policy, env, env.num_envs, seeds)  # type: ignore[arg-type]
+    env.close()
+    per_part = returns.reshape(len(networks), E).split(sizes, dim=1)
+    return [r.reshape(len(networks), -1, n_episodes).mean(dim=2) for r in per_part]
+
+
+MEASURES: tuple[str, ...] = ("mean", "worst")
+"""How an agent's returns on the tasks of a part become one number: ``"mean"`` over the tasks,
+or the ``"worst"`` task's (the return a user of the agent can count on over the part)."""
 
 
 @dataclass
 class GeneralisationResult:
-    """Every arm's agents, scored on every part of the split and on a grid of tasks.
+    """Every arm's agents, scored on every part of the split, beyond it, and on a grid of tasks.
 
     Attributes:
         arms: The arms, see :data:`ARMS`.
@@ -651,9 +695,10 @@ class GeneralisationResult:
             initialisation and exploration streams).
         split: The task split.
         grid: Tasks along the family's axis, for the generalisation curve.
+        beyond: Tasks outside every arm's training range (extrapolation).
         returns: ``returns[part][arm]`` is ``[N, K]``, mean greedy return of each agent on each
             task of ``part``: ``"train"`` (the arm's own training tasks), ``"validation"``,
-            ``"test"`` or ``"grid"``.
+            ``"test"``, ``"beyond"`` or ``"grid"``.
         steps: Environment steps per agent at each training evaluation ``[T]``.
         curves: ``curves[arm]`` is ``[N, T]``, greedy return on the arm's own training env.
         states: ``states[arm]`` is the list of the ``N`` final network state dicts.
@@ -665,6 +710,7 @@ class GeneralisationResult:
     seeds: tuple[int, ...]
     split: TaskSplit
     grid: tuple[CartPoleTask, ...]
+    beyond: tuple[CartPoleTask, ...]
     returns: dict[str, dict[str, torch.Tensor]]
     steps: torch.Tensor
     curves: dict[str, torch.Tensor]
@@ -672,13 +718,24 @@ class GeneralisationResult:
     env_steps: int
     wall_time: float
 
+    def score(self, part: str, arm: str, measure: str = "mean") -> torch.Tensor:
+        """Each agent's return over the tasks of ``part`` by ``measure`` (see :data:`MEASURES`)
+        ``[N]``."""
+        if part not in self.returns:
+            raise ValueError(f"unknown part {part!r}; use one of {tuple(self.returns)}")
+        if measure == "mean":
+            return self.returns[part][arm].mean(dim=1)
+        if measure == "worst":
+            return self.returns[part][arm].min(dim=1).values
+        raise ValueError(f"unknown measure {measure!r}; use one of {MEASURES}")
+
     def mean_return(self, part: str, arm: str) -> torch.Tensor:
         """Each agent's return averaged over the tasks of ``part`` ``[N]``."""
-        return self.returns[part][arm].mean(dim=1)
+        return self.score(part, arm, "mean")
 
     def gap(self, arm: str) -> torch.Tensor:
         """Generalisation gap per agent ``[N]``: return on its training tasks minus on the test
-        tasks."""
+        tasks (both averaged over tasks)."""
         return self.mean_return("train", arm) - self.mean_return("test", arm)
 
     def on_task(self, task: CartPoleTask, n_episodes: int = 5) -> dict[str, torch.Tensor]:
@@ -689,31 +746,59 @@ class GeneralisationResult:
             out[arm] = task_returns(nets, [task], n_episodes)[:, 0]
         return out
 
-    def select(self, part: str = "validation") -> str:
-        """The arm with the highest mean return over seeds and the tasks of ``part``."""
-        return max(self.arms, key=lambda arm: float(self.mean_return(part, arm).mean()))
+    def select(self, part: str = "validation", measure: str = "mean") -> str:
+        """The arm with the highest ``measure`` on ``part``, averaged over seeds."""
+        return max(self.arms, key=lambda arm: float(self.score(part, arm, measure).mean()))
 
-    def chosen_comparisons(self) -> tuple[str, list[Comparison]]:
-        """The arm chosen on the validation tasks, compared with each other arm on the test
-        tasks, seed by seed (the arms share seeds)."""
-        chosen = self.select("validation")
-        test = {arm: self.mean_return("test", arm) for arm in self.arms}
-        return chosen, [
-            compare(test[chosen], test[arm], names=(chosen, arm))
-            for arm in self.arms
-            if arm != chosen
+    def versus(self, arm: str, part: str = "test", measure: str = "mean") -> list[Comparison]:
+        """``arm`` against every other arm on ``part`` by ``measure``, seed by seed (the arms
+        share seeds)."""
+        mine = self.score(part, arm, measure)
+        return [
+            compare(mine, self.score(part, other, measure), names=(arm, other))
+            for other in self.arms
+            if other != arm
         ]
 
-    def table(self) -> str:
-        """Each arm's mean return on its training, the validation and the test tasks, and its
-        generalisation gap, with 95% t intervals over seeds."""
+    def chosen_comparisons(self, measure: str = "mean") -> tuple[str, list[Comparison]]:
+        """The arm chosen on the validation tasks by ``measure``, compared with each other arm
+        on the test tasks by the same measure, seed by seed."""
+        chosen = self.select("validation", measure)
+        return chosen, self.versus(chosen, "test", measure)
+
+    def gap_comparisons(self, arm: str = "default") -> list[Comparison]:
+        """Every other arm's generalisation gap against ``arm``'s, seed by seed (smaller is
+        better)."""
+        return [
+            compare(self.gap(other), self.gap(arm), names=(other, arm), higher_is_better=False)
+            for other in self.arms
+            if other != arm
+        ]
+
+    def breaks(self, fraction: float = 0.5) -> dict[str, tuple[float, ...]]:
+        """Where each arm breaks: the grid lengths at which its return, averaged over seeds,
+        is below ``fraction`` of its return on its own training tasks."""
+        lengths = [task.length for task in self.grid]
+        out = {}
+        for arm in self.arms:
+            own = float(self.mean_return("train", arm).mean())
+            curve = self.returns["grid"][arm].mean(dim=0).tolist()
+            out[arm] = tuple(x for x, v in zip(lengths, curve) if v < fraction * own)
+        return out
+
+    def table(self, measure: str = "mean") -> str:
+        """Each arm's return by ``measure`` on its training tasks, the validation and test
+        tasks and beyond the family, and (for the mean) its generalisation gap, with 95% t
+        intervals over seeds."""
         lines = []
         for arm in self.arms:
             cells = [
-                f"{part} {_ci(self.mean_return(part, arm))}"
-                for part in ("train", "validation", "test")
+                f"{part} {_ci(self.score(part, arm, measure))}"
+                for part in ("train", "validation", "test", "beyond")
             ]
-            lines.append(f"{arm:<11}" + "   ".join(cells) + f"   gap {_ci(self.gap(arm))}")
+            if measure == "mean":
+                cells.append(f"gap {_ci(self.gap(arm))}")
+            lines.append(f"{arm:<11}" + "   ".join(cells))
         return "\n".join(lines)
 
 
@@ -724,7 +809,8 @@ def train_generalists(
     config: DQNConfig = GENERALISATION_CONFIG,
     arms: Sequence[str] = ARMS,
     grid: Sequence[CartPoleTask] | None = None,
-    n_episodes: int = 5,
+    beyond: Sequence[CartPoleTask] | None = None,
+    n_episodes: int = 10,
     device: torch.device | str | None = None,
 ) -> GeneralisationResult:
     """Train every arm at the same budget, then score every agent on every part of the split.
@@ -743,6 +829,8 @@ def train_generalists(
         arms: Which arms to train.
         grid: Tasks of the generalisation curve (default: 12 lengths, log-spaced from 0.15 to
             4, beyond the family on both sides).
+        beyond: Tasks past every arm's training range (default: 4 lengths, log-spaced from
+            1.25 to 2 times the family's longest pole).
         n_episodes: Greedy episodes per agent and task.
         device: Torch device.
 
@@ -763,6 +851,13 @@ def train_generalists(
         lengths = np.exp(np.linspace(np.log(0.15), np.log(4.0), 12))
         grid = [dataclasses.replace(distribution.base, length=float(x)) for x in lengths]
     grid = tuple(grid)
+    if beyond is None:
+        top = distribution.ranges[0][2]
+        beyond = [
+            dataclasses.replace(distribution.base, length=float(x))
+            for x in np.exp(np.linspace(np.log(1.25 * top), np.log(2 * top), 4))
+        ]
+    beyond = tuple(beyond)
     seeds = tuple(int(s) for s in seeds)
     agents = [(arm, seed) for arm in arms for seed in seeds]
     builders = [_arm_env(arm, split, distribution) for arm, _ in agents]
@@ -777,10 +872,10 @@ def train_generalists(
     for arm in arms:
         index = [i for i, (a, _) in enumerate(agents) if a == arm]
         arm_nets = [nets[i] for i in index]
-        returns["train"][arm] = task_returns(arm_nets, own[arm], n_episodes)
-        for part, tasks in (("validation", split.validation), ("test", split.test)):
-            returns[part][arm] = task_returns(arm_nets, tasks, n_episodes)
-        returns["grid"][arm] = task_returns(arm_nets, grid, n_episodes)
+        parts = {"train": own[arm], "validation": split.validation, "test": split.test}
+        parts |= {"beyond": beyond, "grid": grid}
+        for part, scores in zip(parts, parts_returns(arm_nets, list(parts.values()), n_episodes)):
+            returns[part][arm] = scores
         states[arm] = [result.states[i] for i in index]
         curves[arm] = result.eval_mean[index]
     return GeneralisationResult(
@@ -788,6 +883,7 @@ def train_generalists(
         seeds=seeds,
         split=split,
         grid=grid,
+        beyond=beyond,
         returns=returns,
         steps=result.steps,
         curves=curves,
@@ -797,7 +893,7 @@ def train_generalists(
     )
 
 
-_PARTS = ("validation", "test", "grid")
+_PARTS = ("validation", "test", "beyond", "grid")
 
 
 def _ci(values: torch.Tensor) -> str:
@@ -859,13 +955,14 @@ REPTILE_INNER_CONFIG = dataclasses.replace(
     eps_start=0.3,
     exploration_fraction=0.5,
     lr_end_fraction=1.0,  # a constant rate within an inner loop
+    updates_per_step=0.25,
     eval_every=1_000,
 )
 """One inner loop of RL Reptile: 1,000 steps of DQN on one task from the current
 meta-parameters, with a fresh replay buffer and little exploration."""
 
-FINETUNE_CONFIG = dataclasses.replace(REPTILE_INNER_CONFIG, eval_every=250)
-"""Fine-tuning on a held-out task: an inner loop's budget, evaluated every 250 steps."""
+FINETUNE_CONFIG = dataclasses.replace(REPTILE_INNER_CONFIG, eval_every=500)
+"""Fine-tuning on a held-out task: an inner loop's budget, evaluated every 500 steps."""
 
 
 @dataclass

@@ -208,11 +208,28 @@ def test_task_returns_match_evaluate_per_task():
         assert got[0, k].item() == pytest.approx(alone.mean().item())
 
 
+def test_parts_returns_match_task_returns_part_by_part():
+    from course.dqn import QNetwork
+
+    torch.manual_seed(1)
+    nets = [QNetwork(4, 2, (8,)) for _ in range(3)]
+    parts = [[CartPoleTask(length=0.3)], [CartPoleTask(length=1.0), CartPoleTask(length=2.5)]]
+    together = meta.parts_returns(nets, parts, n_episodes=3, seed=11)
+    assert [r.shape for r in together] == [(3, 1), (3, 2)]
+    for tasks, got in zip(parts, together):
+        torch.testing.assert_close(got, meta.task_returns(nets, tasks, n_episodes=3, seed=11))
+    with pytest.raises(ValueError, match="at least one network"):
+        meta.parts_returns(nets, [[]], n_episodes=3)
+
+
 @pytest.fixture(scope="module")
 def generalists():
     split = meta.cartpole_split(meta.LENGTH_FAMILY, 4, 2, 3, seed=0)
     grid = [CartPoleTask(length=x) for x in (0.3, 1.0, 3.0)]
-    return meta.train_generalists(split, seeds=[0, 1], config=TINY, grid=grid, n_episodes=2)
+    beyond = [CartPoleTask(length=x) for x in (2.5, 4.0)]
+    return meta.train_generalists(
+        split, seeds=[0, 1], config=TINY, grid=grid, beyond=beyond, n_episodes=2
+    )
 
 
 def test_generalists_shapes_and_parts(generalists):
@@ -223,13 +240,51 @@ def test_generalists_shapes_and_parts(generalists):
         assert r.returns["validation"][arm].shape == (2, 2)
         assert r.returns["test"][arm].shape == (2, 3)
         assert r.returns["grid"][arm].shape == (2, 3)
+        assert r.returns["beyond"][arm].shape == (2, 2)
         assert r.curves[arm].shape == (2, 3) and len(r.states[arm]) == 2
         assert r.gap(arm).shape == (2,)
     assert r.select("validation") in r.arms
     chosen, comparisons = r.chosen_comparisons()
     assert chosen == r.select("validation") and len(comparisons) == 2
     assert all(c.names[0] == chosen and c.paired for c in comparisons)
-    assert len(r.table().splitlines()) == 3
+    assert len(r.table().splitlines()) == 3 and "gap" in r.table()
+    assert "beyond" in r.table("worst") and "gap" not in r.table("worst")
+
+
+def test_generalists_measures_and_verdicts(generalists):
+    r = generalists
+    for arm in r.arms:
+        test = r.returns["test"][arm]
+        torch.testing.assert_close(r.score("test", arm, "worst"), test.min(dim=1).values)
+        torch.testing.assert_close(r.score("test", arm), test.mean(dim=1))
+        assert (r.score("test", arm, "worst") <= r.score("test", arm)).all()
+    worst = {arm: float(r.score("validation", arm, "worst").mean()) for arm in r.arms}
+    chosen, comparisons = r.chosen_comparisons("worst")
+    assert chosen == max(worst, key=worst.get)
+    want = r.score("test", chosen, "worst") - r.score("test", comparisons[0].names[1], "worst")
+    assert comparisons[0].difference.estimate == pytest.approx(float(want.mean()))
+    gaps = r.gap_comparisons("default")
+    assert [c.names for c in gaps] == [("multitask", "default"), ("randomised", "default")]
+    assert gaps[0].difference.estimate == pytest.approx(
+        float((r.gap("multitask") - r.gap("default")).mean())
+    )
+    assert [c.names[0] for c in r.versus("randomised", "beyond")] == ["randomised"] * 2
+    with pytest.raises(ValueError, match="unknown measure"):
+        r.score("test", "default", "median")
+    with pytest.raises(ValueError, match="unknown part"):
+        r.score("holdout", "default")
+
+
+def test_breaks_lists_the_grid_tasks_below_the_fraction(generalists):
+    r = generalists
+    lengths = [t.length for t in r.grid]
+    everywhere, nowhere = r.breaks(fraction=1e9), r.breaks(fraction=0.0)
+    for arm in r.arms:
+        assert everywhere[arm] == tuple(lengths) and nowhere[arm] == ()
+        own = float(r.mean_return("train", arm).mean())
+        curve = r.returns["grid"][arm].mean(dim=0)
+        want = tuple(x for x, v in zip(lengths, curve.tolist()) if v < 0.5 * own)
+        assert r.breaks()[arm] == want
 
 
 def test_generalists_scores_are_the_networks_returns(generalists):
