@@ -246,6 +246,71 @@ def _states(obs: Any, to_state: Callable[[np.ndarray], np.ndarray] | None) -> np
     return np.asarray(obs, dtype=np.int64)
 
 
+def _checked_setup(
+    envs: gym.vector.VectorEnv, method: str, n_states: int | None, seed: int | Sequence[int]
+) -> tuple[int, int, tuple[int, ...]]:
+    """``(S, A, seeds)`` of a `td_control` run, or a ValueError that says what to fix."""
+    if method not in METHODS:
+        raise ValueError(f"method is {method!r}; use one of {METHODS}")
+    if envs.metadata.get("autoreset_mode") != AutoresetMode.SAME_STEP:
+        raise ValueError(
+            "td_control needs a vector env with same-step autoreset; make it with "
+            "vector_kwargs={'autoreset_mode': AutoresetMode.SAME_STEP}"
+        )
+    N = envs.num_envs
+    n_actions = int(envs.single_action_space.n)
+    if n_states is None and not isinstance(envs.single_observation_space, gym.spaces.Discrete):
+        raise ValueError(
+            "the observations are not state indices; pass n_states (and to_state, which maps "
+            "observations to indices)"
+        )
+    S = int(n_states if n_states is not None else envs.single_observation_space.n)
+    seeds = tuple(int(seed) + i for i in range(N)) if np.isscalar(seed) else tuple(map(int, seed))
+    if len(seeds) != N:
+        raise ValueError(
+            f"got {len(seeds)} seeds for {N} sub-envs; pass one int or one per sub-env"
+        )
+    return S, n_actions, seeds
+
+
+class _Tables:
+    """One table, one visit count per pair and one random stream per sub-env.
+
+    numpy rather than torch: inside the loop, indexing small arrays costs a microsecond.
+    """
+
+    def __init__(self, seeds: Sequence[int], n_states: int, n_actions: int, epsilon: float):
+        N = len(seeds)
+        self.streams = [np.random.default_rng(s) for s in seeds]
+        self.Q = np.zeros((N, n_states, n_actions), dtype=np.float64)
+        self.visits = np.zeros((N, n_states, n_actions), dtype=np.int64)
+        self.rows = np.arange(N)
+        self.n_actions = n_actions
+        self.epsilon = epsilon
+
+    def draw(self, which: np.ndarray | None = None) -> np.ndarray:
+        """Each stream draws as a one-env loop would: a uniform, then an action if exploring;
+        -1 where the sub-env acts greedily (or, outside ``which``, does not draw)."""
+        random_action = np.full(len(self.rows), -1)
+        for i in self.rows if which is None else np.flatnonzero(which):
+            if self.streams[i].random() < self.epsilon:
+                random_action[i] = self.streams[i].integers(self.n_actions)
+        return random_action
+
+    def act(self, states: np.ndarray, random_action: np.ndarray) -> np.ndarray:
+        """The drawn action where there is one, else the greedy one (ties to the lowest)."""
+        return np.where(random_action >= 0, random_action, self.Q[self.rows, states].argmax(-1))
+
+    def update(
+        self, s: np.ndarray, a: np.ndarray, target: np.ndarray, alpha: float, alpha_decay: float
+    ) -> None:
+        """Moves each sub-env's ``Q[s, a]`` toward its target, with its decayed step size."""
+        rows = self.rows
+        self.visits[rows, s, a] += 1
+        lr = step_size(alpha, self.visits[rows, s, a], alpha_decay)
+        self.Q[rows, s, a] += lr * (target - self.Q[rows, s, a])
+
+
 def td_control(
     envs: gym.vector.VectorEnv,
     method: str,
@@ -300,46 +365,12 @@ def td_control(
     Returns:
         The final tables and what was measured (`TabularRun`).
     """
-    if method not in METHODS:
-        raise ValueError(f"method is {method!r}; use one of {METHODS}")
-    if envs.metadata.get("autoreset_mode") != AutoresetMode.SAME_STEP:
-        raise ValueError(
-            "td_control needs a vector env with same-step autoreset; make it with "
-            "vector_kwargs={'autoreset_mode': AutoresetMode.SAME_STEP}"
-        )
+    S, n_actions, seeds = _checked_setup(envs, method, n_states, seed)
     N = envs.num_envs
-    n_actions = int(envs.single_action_space.n)
-    if n_states is None and not isinstance(envs.single_observation_space, gym.spaces.Discrete):
-        raise ValueError(
-            "the observations are not state indices; pass n_states (and to_state, which maps "
-            "observations to indices)"
-        )
-    S = int(n_states if n_states is not None else envs.single_observation_space.n)
-    seeds = tuple(int(seed) + i for i in range(N)) if np.isscalar(seed) else tuple(map(int, seed))
-    if len(seeds) != N:
-        raise ValueError(
-            f"got {len(seeds)} seeds for {N} sub-envs; pass one int or one per sub-env"
-        )
-
-    streams = [np.random.default_rng(s) for s in seeds]
-    # numpy rather than torch inside the loop: indexing small arrays costs a microsecond
-    Q = np.zeros((N, S, n_actions), dtype=np.float64)
-    visits = np.zeros((N, S, n_actions), dtype=np.int64)
-    rows = np.arange(N)
+    tables = _Tables(seeds, S, n_actions, epsilon)
+    Q, rows, draw, act = tables.Q, tables.rows, tables.draw, tables.act
     q_star_np = None if q_star is None else torch.as_tensor(q_star).double().numpy()
     keep = np.ones(S, dtype=bool) if terminal is None else ~np.asarray(terminal, dtype=bool)
-
-    def draw(which: np.ndarray | None = None) -> np.ndarray:
-        """Each stream draws as a one-env loop would: a uniform, then an action if exploring;
-        -1 where the sub-env acts greedily (or, outside ``which``, does not draw)."""
-        random_action = np.full(N, -1)
-        for i in range(N) if which is None else np.flatnonzero(which):
-            if streams[i].random() < epsilon:
-                random_action[i] = streams[i].integers(n_actions)
-        return random_action
-
-    def act(states: np.ndarray, random_action: np.ndarray) -> np.ndarray:
-        return np.where(random_action >= 0, random_action, Q[rows, states].argmax(-1))
 
     obs, _ = envs.reset(seed=list(seeds))
     s = _states(obs, to_state)
@@ -362,10 +393,7 @@ def td_control(
             # episode that ended it is never executed, and after termination never read)
             a_next = act(s_next, draw())
             future = Q[rows, s_next, a_next]
-        target = reward + gamma * future * ~terminated
-        visits[rows, s, a] += 1
-        lr = step_size(alpha, visits[rows, s, a], alpha_decay)
-        Q[rows, s, a] += lr * (target - Q[rows, s, a])
+        tables.update(s, a, reward + gamma * future * ~terminated, alpha, alpha_decay)
 
         running += reward
         for i in np.flatnonzero(done):
