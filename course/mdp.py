@@ -95,6 +95,139 @@ def _first_index(mask: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(i) for i in mask.nonzero()[0])
 
 
+def _check_transitions(P: torch.Tensor) -> None:
+    """Raises a ValueError unless ``P`` is ``[S, A, S]`` with rows that are distributions."""
+    if P.ndim != 3:
+        raise ValueError(
+            f"P has shape {tuple(P.shape)}; it must have shape [S, A, S] "
+            "(states, actions, next states)"
+        )
+    S, A, S2 = P.shape
+    if S != S2:
+        raise ValueError(
+            f"P has shape {tuple(P.shape)}; its first and last dimensions must both be "
+            "the number of states, as in [S, A, S]"
+        )
+    if S == 0 or A == 0:
+        raise ValueError(
+            f"P has shape {tuple(P.shape)}; an MDP needs at least one state and one action"
+        )
+    if not torch.isfinite(P).all():
+        idx = _first_index(~torch.isfinite(P))
+        raise ValueError(f"P{list(idx)} is {P[idx].item()}; probabilities must be finite numbers")
+    if (P < 0).any():
+        idx = _first_index(P < 0)
+        raise ValueError(
+            f"P{list(idx)} is {_fmt(P[idx].item())}; probabilities must be non-negative"
+        )
+    sums = P.sum(-1)
+    bad = (sums - 1).abs() > SUM_ATOL
+    if bad.any():
+        s, a = _first_index(bad)
+        raise ValueError(
+            f"P[{s}, {a}] sums to {_fmt(sums[s, a].item())}; each row of P must sum to 1 "
+            "(P[s, a, :] is a distribution over next states)"
+        )
+
+
+def _check_rewards(R: torch.Tensor, P: torch.Tensor) -> None:
+    """Raises a ValueError unless ``R`` is a finite ``[S, A]`` that matches ``P``."""
+    S, A, _ = P.shape
+    if R.shape != (S, A):
+        raise ValueError(
+            f"R has shape {tuple(R.shape)}; it must have shape [S, A] = ({S}, {A}) "
+            f"to match P of shape {tuple(P.shape)}"
+        )
+    if not torch.isfinite(R).all():
+        idx = _first_index(~torch.isfinite(R))
+        raise ValueError(f"R{list(idx)} is {R[idx].item()}; rewards must be finite numbers")
+
+
+def _checked_terminal(terminal: Any, P: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+    """The boolean ``[S]`` mask of terminal states (none by default), each one absorbing with
+    zero reward."""
+    S = P.shape[0]
+    if terminal is None:
+        terminal = torch.zeros(S, dtype=torch.bool, device=P.device)
+    else:
+        terminal = torch.as_tensor(
+            np.asarray(terminal) if not isinstance(terminal, torch.Tensor) else terminal
+        )
+        terminal = terminal.to(P.device)
+        if terminal.shape != (S,):
+            raise ValueError(
+                f"terminal has shape {tuple(terminal.shape)}; it must be a boolean mask "
+                f"with one entry per state, shape ({S},)"
+            )
+        if terminal.dtype != torch.bool:
+            if not ((terminal == 0) | (terminal == 1)).all():
+                raise ValueError(
+                    "terminal must be a boolean mask (True for terminal states), "
+                    f"got values {terminal.unique().tolist()}"
+                )
+            terminal = terminal.to(torch.bool)
+    if terminal.all():
+        raise ValueError("every state is terminal; at least one state must be non-terminal")
+    for s in terminal.nonzero().flatten().tolist():
+        stay = P[s, :, s]
+        if ((stay - 1).abs() > SUM_ATOL).any():
+            a = int(((stay - 1).abs() > SUM_ATOL).nonzero()[0])
+            raise ValueError(
+                f"terminal state {s} is not absorbing: P[{s}, {a}, {s}] is "
+                f"{_fmt(stay[a].item())}; a terminal state must have P[s, a, s] = 1 for "
+                "every action"
+            )
+        if (R[s] != 0).any():
+            a = int((R[s] != 0).nonzero()[0])
+            raise ValueError(
+                f"R[{s}, {a}] is {_fmt(R[s, a].item())} at terminal state {s}; terminal "
+                "states must have zero reward (put it on the transition into the state)"
+            )
+    return terminal
+
+
+def _checked_gamma(gamma: Any, terminal: torch.Tensor) -> float:
+    """``gamma`` as a float in ``[0, 1]``; 1 only when some state is terminal."""
+    if isinstance(gamma, torch.Tensor):
+        gamma = gamma.item()
+    try:
+        gamma = float(gamma)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"gamma is {gamma!r}; it must be a number in [0, 1]") from err
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(
+            f"gamma is {_fmt(gamma)}; it must satisfy 0 <= gamma < 1 "
+            "(gamma = 1 is allowed only with terminal states)"
+        )
+    if gamma == 1.0 and not terminal.any():
+        raise ValueError(
+            "gamma is 1 but no state is terminal, so returns can be infinite; "
+            "use gamma < 1 or mark terminal states"
+        )
+    return gamma
+
+
+def _checked_initial(initial: Any, terminal: torch.Tensor, P: torch.Tensor) -> torch.Tensor:
+    """The initial distribution in ``P``'s dtype (by default uniform over non-terminal states)."""
+    S, dtype = P.shape[0], P.dtype
+    if initial is None:
+        return (~terminal).to(dtype) / (~terminal).sum()
+    initial = _as_float_tensor(initial, "initial", P.device).to(dtype)
+    if initial.shape != (S,):
+        raise ValueError(
+            f"initial has shape {tuple(initial.shape)}; it must be a distribution "
+            f"over states, shape ({S},)"
+        )
+    if not torch.isfinite(initial).all() or (initial < 0).any():
+        s = _first_index(~torch.isfinite(initial) | (initial < 0))[0]
+        raise ValueError(
+            f"initial[{s}] is {_fmt(initial[s].item())}; initial probabilities must be non-negative"
+        )
+    if abs(initial.sum().item() - 1) > SUM_ATOL:
+        raise ValueError(f"initial sums to {_fmt(initial.sum().item())}; it must sum to 1")
+    return initial
+
+
 @dataclass(frozen=True, eq=False, repr=False)
 class TabularMDP:
     """A finite MDP with tensors ``P[S, A, S]`` and ``R[S, A]``, validated on construction.
@@ -140,125 +273,11 @@ class TabularMDP:
         R = _as_float_tensor(self.R, "R", P.device)
         dtype = torch.promote_types(P.dtype, R.dtype)
         P, R = P.to(dtype), R.to(dtype)
-
-        if P.ndim != 3:
-            raise ValueError(
-                f"P has shape {tuple(P.shape)}; it must have shape [S, A, S] "
-                "(states, actions, next states)"
-            )
-        S, A, S2 = P.shape
-        if S != S2:
-            raise ValueError(
-                f"P has shape {tuple(P.shape)}; its first and last dimensions must both be "
-                "the number of states, as in [S, A, S]"
-            )
-        if S == 0 or A == 0:
-            raise ValueError(
-                f"P has shape {tuple(P.shape)}; an MDP needs at least one state and one action"
-            )
-        if not torch.isfinite(P).all():
-            idx = _first_index(~torch.isfinite(P))
-            raise ValueError(
-                f"P{list(idx)} is {P[idx].item()}; probabilities must be finite numbers"
-            )
-        if (P < 0).any():
-            idx = _first_index(P < 0)
-            raise ValueError(
-                f"P{list(idx)} is {_fmt(P[idx].item())}; probabilities must be non-negative"
-            )
-        sums = P.sum(-1)
-        bad = (sums - 1).abs() > SUM_ATOL
-        if bad.any():
-            s, a = _first_index(bad)
-            raise ValueError(
-                f"P[{s}, {a}] sums to {_fmt(sums[s, a].item())}; each row of P must sum to 1 "
-                "(P[s, a, :] is a distribution over next states)"
-            )
-
-        if R.shape != (S, A):
-            raise ValueError(
-                f"R has shape {tuple(R.shape)}; it must have shape [S, A] = ({S}, {A}) "
-                f"to match P of shape {tuple(P.shape)}"
-            )
-        if not torch.isfinite(R).all():
-            idx = _first_index(~torch.isfinite(R))
-            raise ValueError(f"R{list(idx)} is {R[idx].item()}; rewards must be finite numbers")
-
-        terminal = self.terminal
-        if terminal is None:
-            terminal = torch.zeros(S, dtype=torch.bool, device=P.device)
-        else:
-            terminal = torch.as_tensor(
-                np.asarray(terminal) if not isinstance(terminal, torch.Tensor) else terminal
-            )
-            terminal = terminal.to(P.device)
-            if terminal.shape != (S,):
-                raise ValueError(
-                    f"terminal has shape {tuple(terminal.shape)}; it must be a boolean mask "
-                    f"with one entry per state, shape ({S},)"
-                )
-            if terminal.dtype != torch.bool:
-                if not ((terminal == 0) | (terminal == 1)).all():
-                    raise ValueError(
-                        "terminal must be a boolean mask (True for terminal states), "
-                        f"got values {terminal.unique().tolist()}"
-                    )
-                terminal = terminal.to(torch.bool)
-        if terminal.all():
-            raise ValueError("every state is terminal; at least one state must be non-terminal")
-        for s in terminal.nonzero().flatten().tolist():
-            stay = P[s, :, s]
-            if ((stay - 1).abs() > SUM_ATOL).any():
-                a = int(((stay - 1).abs() > SUM_ATOL).nonzero()[0])
-                raise ValueError(
-                    f"terminal state {s} is not absorbing: P[{s}, {a}, {s}] is "
-                    f"{_fmt(stay[a].item())}; a terminal state must have P[s, a, s] = 1 for "
-                    "every action"
-                )
-            if (R[s] != 0).any():
-                a = int((R[s] != 0).nonzero()[0])
-                raise ValueError(
-                    f"R[{s}, {a}] is {_fmt(R[s, a].item())} at terminal state {s}; terminal "
-                    "states must have zero reward (put it on the transition into the state)"
-                )
-
-        gamma = self.gamma
-        if isinstance(gamma, torch.Tensor):
-            gamma = gamma.item()
-        try:
-            gamma = float(gamma)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"gamma is {gamma!r}; it must be a number in [0, 1]") from err
-        if not 0.0 <= gamma <= 1.0:
-            raise ValueError(
-                f"gamma is {_fmt(gamma)}; it must satisfy 0 <= gamma < 1 "
-                "(gamma = 1 is allowed only with terminal states)"
-            )
-        if gamma == 1.0 and not terminal.any():
-            raise ValueError(
-                "gamma is 1 but no state is terminal, so returns can be infinite; "
-                "use gamma < 1 or mark terminal states"
-            )
-
-        initial = self.initial
-        if initial is None:
-            initial = (~terminal).to(dtype) / (~terminal).sum()
-        else:
-            initial = _as_float_tensor(initial, "initial", P.device).to(dtype)
-            if initial.shape != (S,):
-                raise ValueError(
-                    f"initial has shape {tuple(initial.shape)}; it must be a distribution "
-                    f"over states, shape ({S},)"
-                )
-            if not torch.isfinite(initial).all() or (initial < 0).any():
-                s = _first_index(~torch.isfinite(initial) | (initial < 0))[0]
-                raise ValueError(
-                    f"initial[{s}] is {_fmt(initial[s].item())}; initial probabilities must be "
-                    "non-negative"
-                )
-            if abs(initial.sum().item() - 1) > SUM_ATOL:
-                raise ValueError(f"initial sums to {_fmt(initial.sum().item())}; it must sum to 1")
-
+        _check_transitions(P)
+        _check_rewards(R, P)
+        terminal = _checked_terminal(self.terminal, P, R)
+        gamma = _checked_gamma(self.gamma, terminal)
+        initial = _checked_initial(self.initial, terminal, P)
         object.__setattr__(self, "P", P)
         object.__setattr__(self, "R", R)
         object.__setattr__(self, "gamma", gamma)
