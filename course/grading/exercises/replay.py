@@ -452,6 +452,122 @@ class _NoEmptyCheck(_Sketch):
         return ref.Batch(*(store[idx] for store in self.stores()))
 
 
+# --- cases: a table of fixed scenarios and a builder of random ones per part, in order --------
+
+# The fixed scenarios of each part: (label, capacity, obs_shape, n_tasks, steps).
+# fmt: off
+_EVERY_LEN = [
+    ("a new buffer is empty", 3, (2,), 1, [("len",)]),
+    ("len counts adds up to capacity 4", 4, (3,), 1,
+     [("len",), *(s for step in _adds(1, 7, "torch") for s in (step, ("len",)))]),
+    ("capacity 1", 1, (2,), 1,
+     [("len",), *(s for step in _adds(1, 3, "numpy") for s in (step, ("len",)))]),
+]
+_SINGLE_ADDS = [
+    ("three transitions", 5, (3,), 1, [*_adds(1, 3, "torch"), ("contents",)]),
+    ("numpy inputs, obs of shape (2, 2), three tasks", 6, (2, 2), 3,
+     [*_adds(1, 4, ["numpy", "numpy64"]), ("contents",)]),
+    ("0-d tensors for action, reward, terminated and task", 4, (2,), 2,
+     [*_adds(1, 3, "tensor0d"), ("contents",)]),
+    ("one transition in a buffer of capacity 1", 1, (1,), 1,
+     [*_adds(1, 1, "torch"), ("contents",)]),
+]
+_BATCH_ADDS = [
+    ("one batch of 3", 8, (2,), 1,
+     [("add", 1, 3, "torch batch, no task"), ("len",), ("contents",)]),
+    ("two batches that fill the buffer exactly", 6, (3,), 2,
+     [("add", 1, 4, "numpy batch"), ("add", 5, 6, "torch batch"), ("len",), ("contents",)]),
+    ("single adds and batches mixed, a batch of 1", 7, (2, 2), 3,
+     [("add", 1, 1, "torch"), ("add", 2, 4, "mixed batch"), ("add", 5, 5, "numpy"),
+      ("add", 6, 6, "torch batch"), ("len",), ("contents",)]),
+]
+_OVERWRITES = [
+    ("one transition past capacity 3", 3, (2,), 1, [*_adds(1, 4, "torch"), ("contents",)]),
+    ("the oldest goes first, add after add (capacity 4)", 4, (2,), 1,
+     [*_adds(1, 3, "torch"), *(s for step in _adds(4, 9, "torch") for s in (step, ("contents",)))]),
+    ("a batch that wraps around the end", 5, (3,), 2,
+     [*_adds(1, 3, "numpy"), ("add", 4, 7, "torch batch"), ("len",), ("contents",)]),
+    ("a batch larger than the capacity: its last rows survive", 4, (2,), 1,
+     [("add", 1, 6, "numpy batch"), ("len",), ("contents",)]),
+    ("capacity 1", 1, (2,), 1, [*_adds(1, 3, "torch"), ("contents",)]),
+]
+_ALIASING = [
+    *((f"single adds ({SINGLE_FORMS[form]}), then the caller reuses its arrays", 4, shape, 2,
+       [*_adds(1, 2, form), ("overwrite",), ("contents",)])
+      for form, shape in (("numpy", (3,)), ("torch", (3,)), ("tensor0d", (2,)))),
+    *((f"a batch ({BATCH_FORMS[form]}), then the caller reuses its arrays", 6, (2,), 2,
+       [("add", 1, 3, form), ("overwrite",), ("contents",)])
+      for form in ("numpy batch", "torch batch")),
+]
+_SAMPLING = [
+    ("a batch of 4", 5, (3,), 1, [*_adds(1, 3, "torch"), ("fields", 4)]),
+    ("a batch of 1, obs of shape (2, 3)", 6, (2, 3), 2,
+     [("add", 1, 4, "numpy batch"), ("fields", 1)]),
+    ("float64 observations in, a batch larger than the buffer out", 4, (2,), 1,
+     [*_adds(1, 2, "numpy64"), ("fields", 10)]),
+    ("float64 and int32 arrays in", 8, (4,), 3, [("add", 1, 5, "mixed batch"), ("fields", 6)]),
+    ("a full buffer of 4", 4, (2,), 1, [*_adds(1, 4, "torch"), ("counts",)]),
+    ("6 transitions in a buffer of capacity 10", 10, (2,), 1, [*_adds(1, 6, "torch"), ("counts",)]),
+    ("after wrapping around (capacity 6, 9 added)", 6, (3,), 2,
+     [("add", 1, 5, "torch batch"), *_adds(6, 9, "numpy"), ("counts",)]),
+    ("the generator decides the batch", 8, (2,), 1,
+     [("add", 1, 8, "torch batch, no task"), ("seeded",)]),
+    ("sample before any add", 4, (2,), 1, [("empty",)]),
+]
+# fmt: on
+
+
+def _fixed(g: torch.Generator, part: str, rows: list[tuple]) -> list[Case]:
+    """One scenario of ``part`` per row of a table above, in order."""
+    return [
+        _scenario(label, part, g, capacity, obs_shape, steps, n_tasks)
+        for label, capacity, obs_shape, n_tasks, steps in rows
+    ]
+
+
+def _random_len_cases(g: torch.Generator) -> list[Case]:
+    """len after each of random single and batched adds, up to and past capacity."""
+    out = []
+    for k in range(2):
+        capacity, n_tasks = _randint(g, 2, 8), _randint(g, 1, 3)
+        steps = []
+        for step in _random_adds(g, capacity + _randint(g, 1, 4), capacity, n_tasks):
+            steps += [step, ("len",)]
+        label = f"random single and batched adds #{k + 1} (capacity {capacity})"
+        out.append(_scenario(label, STORING, g, capacity, _random_shape(g), steps, n_tasks))
+    return out
+
+
+def _random_single_add_cases(g: torch.Generator) -> list[Case]:
+    """What random single adds, in random forms, store."""
+    out = []
+    for k in range(2):
+        capacity, n_tasks = _randint(g, 3, 10), _randint(g, 1, 4)
+        n = _randint(g, 1, capacity)
+        forms = [list(SINGLE_FORMS)[_randint(g, 0, 3)] for _ in range(n)]
+        steps = [*_adds(1, n, forms), ("contents",)]
+        label = f"random single adds #{k + 1}"
+        out.append(_scenario(label, STORING, g, capacity, _random_shape(g), steps, n_tasks))
+    return out
+
+
+def _random_batch_cases(g: torch.Generator, part: str, n: int, past_capacity: bool) -> list[Case]:
+    """What random batches store: up to capacity, or past it (the ring overwrites)."""
+    out = []
+    for k in range(n):
+        if past_capacity:
+            capacity, n_tasks = _randint(g, 2, 9), _randint(g, 1, 3)
+            total = capacity + _randint(g, 1, 2 * capacity)
+            label = f"random adds past capacity #{k + 1}"
+        else:
+            capacity, n_tasks = _randint(g, 4, 10), _randint(g, 1, 3)
+            total = capacity
+            label = f"random batches #{k + 1}"
+        steps = [*_random_adds(g, total, capacity, n_tasks), ("len",), ("contents",)]
+        out.append(_scenario(label, part, g, capacity, _random_shape(g), steps, n_tasks))
+    return out
+
+
 # --- the exercise --------------------------------------------------------------------------------
 
 
@@ -510,306 +626,18 @@ class ReplayBufferExercise(Exercise):
 
     def cases(self, generator: torch.Generator) -> list[Case]:
         g = generator
-        out: list[Case] = []
-
-        part = STORING
-        out.append(_scenario("a new buffer is empty", part, g, 3, (2,), [("len",)]))
-        steps = [("len",)]
-        for step in _adds(1, 7, "torch"):
-            steps += [step, ("len",)]
-        out.append(_scenario("len counts adds up to capacity 4", part, g, 4, (3,), steps))
-        steps = [("len",)]
-        for step in _adds(1, 3, "numpy"):
-            steps += [step, ("len",)]
-        out.append(_scenario("capacity 1", part, g, 1, (2,), steps))
-        for k in range(2):
-            capacity, n_tasks = _randint(g, 2, 8), _randint(g, 1, 3)
-            steps = []
-            for step in _random_adds(g, capacity + _randint(g, 1, 4), capacity, n_tasks):
-                steps += [step, ("len",)]
-            out.append(
-                _scenario(
-                    f"random single and batched adds #{k + 1} (capacity {capacity})",
-                    part,
-                    g,
-                    capacity,
-                    _random_shape(g),
-                    steps,
-                    n_tasks,
-                )
-            )
-
-        part = STORING
-        out.append(
-            _scenario("three transitions", part, g, 5, (3,), [*_adds(1, 3, "torch"), ("contents",)])
-        )
-        out.append(
-            _scenario(
-                "numpy inputs, obs of shape (2, 2), three tasks",
-                part,
-                g,
-                6,
-                (2, 2),
-                [*_adds(1, 4, ["numpy", "numpy64"]), ("contents",)],
-                n_tasks=3,
-            )
-        )
-        out.append(
-            _scenario(
-                "0-d tensors for action, reward, terminated and task",
-                part,
-                g,
-                4,
-                (2,),
-                [*_adds(1, 3, "tensor0d"), ("contents",)],
-                n_tasks=2,
-            )
-        )
-        out.append(
-            _scenario(
-                "one transition in a buffer of capacity 1",
-                part,
-                g,
-                1,
-                (1,),
-                [*_adds(1, 1, "torch"), ("contents",)],
-            )
-        )
-        for k in range(2):
-            capacity, n_tasks = _randint(g, 3, 10), _randint(g, 1, 4)
-            n = _randint(g, 1, capacity)
-            forms = [list(SINGLE_FORMS)[_randint(g, 0, 3)] for _ in range(n)]
-            out.append(
-                _scenario(
-                    f"random single adds #{k + 1}",
-                    part,
-                    g,
-                    capacity,
-                    _random_shape(g),
-                    [*_adds(1, n, forms), ("contents",)],
-                    n_tasks,
-                )
-            )
-
-        part = STORING
-        out.append(
-            _scenario(
-                "one batch of 3",
-                part,
-                g,
-                8,
-                (2,),
-                [("add", 1, 3, "torch batch, no task"), ("len",), ("contents",)],
-            )
-        )
-        out.append(
-            _scenario(
-                "two batches that fill the buffer exactly",
-                part,
-                g,
-                6,
-                (3,),
-                [
-                    ("add", 1, 4, "numpy batch"),
-                    ("add", 5, 6, "torch batch"),
-                    ("len",),
-                    ("contents",),
-                ],
-                n_tasks=2,
-            )
-        )
-        out.append(
-            _scenario(
-                "single adds and batches mixed, a batch of 1",
-                part,
-                g,
-                7,
-                (2, 2),
-                [
-                    ("add", 1, 1, "torch"),
-                    ("add", 2, 4, "mixed batch"),
-                    ("add", 5, 5, "numpy"),
-                    ("add", 6, 6, "torch batch"),
-                    ("len",),
-                    ("contents",),
-                ],
-                n_tasks=3,
-            )
-        )
-        for k in range(2):
-            capacity, n_tasks = _randint(g, 4, 10), _randint(g, 1, 3)
-            steps = _random_adds(g, capacity, capacity, n_tasks)
-            out.append(
-                _scenario(
-                    f"random batches #{k + 1}",
-                    part,
-                    g,
-                    capacity,
-                    _random_shape(g),
-                    [*steps, ("len",), ("contents",)],
-                    n_tasks,
-                )
-            )
-
-        part = OVERWRITE
-        out.append(
-            _scenario(
-                "one transition past capacity 3",
-                part,
-                g,
-                3,
-                (2,),
-                [*_adds(1, 4, "torch"), ("contents",)],
-            )
-        )
-        steps = _adds(1, 3, "torch")
-        for step in _adds(4, 9, "torch"):
-            steps += [step, ("contents",)]
-        out.append(
-            _scenario("the oldest goes first, add after add (capacity 4)", part, g, 4, (2,), steps)
-        )
-        out.append(
-            _scenario(
-                "a batch that wraps around the end",
-                part,
-                g,
-                5,
-                (3,),
-                [*_adds(1, 3, "numpy"), ("add", 4, 7, "torch batch"), ("len",), ("contents",)],
-                n_tasks=2,
-            )
-        )
-        out.append(
-            _scenario(
-                "a batch larger than the capacity: its last rows survive",
-                part,
-                g,
-                4,
-                (2,),
-                [("add", 1, 6, "numpy batch"), ("len",), ("contents",)],
-            )
-        )
-        out.append(
-            _scenario("capacity 1", part, g, 1, (2,), [*_adds(1, 3, "torch"), ("contents",)])
-        )
-        for k in range(3):
-            capacity, n_tasks = _randint(g, 2, 9), _randint(g, 1, 3)
-            total = capacity + _randint(g, 1, 2 * capacity)
-            steps = _random_adds(g, total, capacity, n_tasks)
-            out.append(
-                _scenario(
-                    f"random adds past capacity #{k + 1}",
-                    part,
-                    g,
-                    capacity,
-                    _random_shape(g),
-                    [*steps, ("len",), ("contents",)],
-                    n_tasks,
-                )
-            )
-
-        part = STORING
-        for form, shape in (("numpy", (3,)), ("torch", (3,)), ("tensor0d", (2,))):
-            out.append(
-                _scenario(
-                    f"single adds ({SINGLE_FORMS[form]}), then the caller reuses its arrays",
-                    part,
-                    g,
-                    4,
-                    shape,
-                    [*_adds(1, 2, form), ("overwrite",), ("contents",)],
-                    n_tasks=2,
-                )
-            )
-        for form in ("numpy batch", "torch batch"):
-            out.append(
-                _scenario(
-                    f"a batch ({BATCH_FORMS[form]}), then the caller reuses its arrays",
-                    part,
-                    g,
-                    6,
-                    (2,),
-                    [("add", 1, 3, form), ("overwrite",), ("contents",)],
-                    n_tasks=2,
-                )
-            )
-
-        part = SAMPLING
-        out.append(
-            _scenario("a batch of 4", part, g, 5, (3,), [*_adds(1, 3, "torch"), ("fields", 4)])
-        )
-        out.append(
-            _scenario(
-                "a batch of 1, obs of shape (2, 3)",
-                part,
-                g,
-                6,
-                (2, 3),
-                [("add", 1, 4, "numpy batch"), ("fields", 1)],
-                n_tasks=2,
-            )
-        )
-        out.append(
-            _scenario(
-                "float64 observations in, a batch larger than the buffer out",
-                part,
-                g,
-                4,
-                (2,),
-                [*_adds(1, 2, "numpy64"), ("fields", 10)],
-            )
-        )
-        out.append(
-            _scenario(
-                "float64 and int32 arrays in",
-                part,
-                g,
-                8,
-                (4,),
-                [("add", 1, 5, "mixed batch"), ("fields", 6)],
-                n_tasks=3,
-            )
-        )
-
-        part = SAMPLING
-        out.append(
-            _scenario("a full buffer of 4", part, g, 4, (2,), [*_adds(1, 4, "torch"), ("counts",)])
-        )
-        out.append(
-            _scenario(
-                "6 transitions in a buffer of capacity 10",
-                part,
-                g,
-                10,
-                (2,),
-                [*_adds(1, 6, "torch"), ("counts",)],
-            )
-        )
-        out.append(
-            _scenario(
-                "after wrapping around (capacity 6, 9 added)",
-                part,
-                g,
-                6,
-                (3,),
-                [("add", 1, 5, "torch batch"), *_adds(6, 9, "numpy"), ("counts",)],
-                n_tasks=2,
-            )
-        )
-        out.append(
-            _scenario(
-                "the generator decides the batch",
-                part,
-                g,
-                8,
-                (2,),
-                [("add", 1, 8, "torch batch, no task"), ("seeded",)],
-            )
-        )
-
-        part = SAMPLING
-        out.append(_scenario("sample before any add", part, g, 4, (2,), [("empty",)]))
-        return out
+        return [
+            *_fixed(g, STORING, _EVERY_LEN),
+            *_random_len_cases(g),
+            *_fixed(g, STORING, _SINGLE_ADDS),
+            *_random_single_add_cases(g),
+            *_fixed(g, STORING, _BATCH_ADDS),
+            *_random_batch_cases(g, STORING, 2, past_capacity=False),
+            *_fixed(g, OVERWRITE, _OVERWRITES),
+            *_random_batch_cases(g, OVERWRITE, 3, past_capacity=True),
+            *_fixed(g, STORING, _ALIASING),
+            *_fixed(g, SAMPLING, _SAMPLING),
+        ]
 
     # --- half 1: run the scenario on a class ------------------------------------------------
 
