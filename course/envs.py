@@ -73,11 +73,16 @@ def _parse_autoreset_mode(autoreset_mode: AutoresetMode | str) -> AutoresetMode:
     return mode
 
 
-def _as_numpy_actions(action: np.ndarray | torch.Tensor | Sequence[int]) -> np.ndarray:
-    """Actions as a numpy array; a tensor may live on any device."""
+def _vector_actions(action: np.ndarray | torch.Tensor | Sequence[int], num_envs: int) -> np.ndarray:
+    """One action per sub-env as a numpy array; a tensor may live on any device."""
     if isinstance(action, torch.Tensor):
-        return action.detach().cpu().numpy()
-    return np.asarray(action)
+        action = action.detach().cpu().numpy()
+    action = np.asarray(action)
+    if action.shape != (num_envs,):
+        raise ValueError(
+            f"action has shape {action.shape}; pass one action per sub-env, shape ({num_envs},)"
+        )
+    return action
 
 
 def _seed_streams(seed: int | Sequence[int] | None, num_envs: int) -> list[np.random.Generator]:
@@ -121,6 +126,16 @@ class _UniformStreams:
         self.cursor[idx] += 1
         # Generator.uniform computes low + (high - low) * u in double precision: same bits.
         return low + (high - low) * u
+
+
+def _reseeded_streams(
+    env: gym.vector.VectorEnv, seed: int | Sequence[int] | None, dim: int, block: int
+) -> _UniformStreams:
+    """Fresh streams of ``dim`` uniforms per draw for ``env.reset(seed=seed)``; an int seed
+    also seeds ``env.np_random``, as gymnasium's vector envs do."""
+    if isinstance(seed, (int, np.integer)):
+        env._np_random, env._np_random_seed = seeding.np_random(int(seed))
+    return _UniformStreams(_seed_streams(seed, env.num_envs), dim, block=block)
 
 
 # ============================================================================================
@@ -414,10 +429,8 @@ class CartPoleFamilyVectorEnv(_DerivedCartPoleMasses, CartPoleVectorEnv):
             ``(obs[num_envs, 4] float32, {})``.
         """
         if seed is not None or self._streams is None:
-            if isinstance(seed, (int, np.integer)):
-                self._np_random, self._np_random_seed = seeding.np_random(int(seed))
             # One draw per episode: a block covers 32 episodes.
-            self._streams = _UniformStreams(_seed_streams(seed, self.num_envs), 4, block=32)
+            self._streams = _reseeded_streams(self, seed, 4, block=32)
         self.low, self.high = classic_utils.maybe_parse_reset_bounds(options, -0.05, 0.05)
         all_envs = np.arange(self.num_envs)
         self.state = self._streams.uniform(all_envs, self.low, self.high).T.copy()
@@ -440,12 +453,7 @@ class CartPoleFamilyVectorEnv(_DerivedCartPoleMasses, CartPoleVectorEnv):
         """
         if self.state is None or self._streams is None:
             raise RuntimeError("call reset() before step()")
-        action = _as_numpy_actions(action)
-        if action.shape != (self.num_envs,):
-            raise ValueError(
-                f"action has shape {action.shape}; pass one action per sub-env, shape "
-                f"({self.num_envs},)"
-            )
+        action = _vector_actions(action, self.num_envs)
         push_right = action == 1
         if not np.all(push_right | (action == 0)):
             raise ValueError(f"actions must be 0 or 1, got {np.unique(action)}")
@@ -1254,10 +1262,8 @@ class GridFamilyVectorEnv(_GridObservations, gym.vector.VectorEnv):
             ``(obs[num_envs, D] float32, {})``.
         """
         if seed is not None or self._streams is None:
-            if isinstance(seed, (int, np.integer)):
-                self._np_random, self._np_random_seed = seeding.np_random(int(seed))
             # One draw per step: a block covers 256 steps.
-            self._streams = _UniformStreams(_seed_streams(seed, self.num_envs), 1, block=256)
+            self._streams = _reseeded_streams(self, seed, 1, block=256)
         all_envs = np.arange(self.num_envs)
         self.state = self._start_states(all_envs, self._draw(all_envs))
         self.steps = np.zeros(self.num_envs, dtype=np.int64)
@@ -1279,12 +1285,7 @@ class GridFamilyVectorEnv(_GridObservations, gym.vector.VectorEnv):
         """
         if self.state is None:
             raise RuntimeError("call reset() before step()")
-        action = _as_numpy_actions(action)
-        if action.shape != (self.num_envs,):
-            raise ValueError(
-                f"action has shape {action.shape}; pass one action per sub-env, shape "
-                f"({self.num_envs},)"
-            )
+        action = _vector_actions(action, self.num_envs)
         if not np.all((action >= 0) & (action < 4)) or action.dtype.kind not in "iu":
             raise ValueError(f"actions must be integers in 0..3, got {np.unique(action)}")
 
