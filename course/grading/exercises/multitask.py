@@ -425,15 +425,19 @@ def _random_task_params(
     return [[_randn(generator, *s, dtype=dtype) for s in shapes] for _ in range(K)]
 
 
-@register
-class MultitaskLoss(_MultitaskExercise):
-    solves = ref.multitask_loss
+class _ScalarOfParams(_MultitaskExercise):
+    """A scalar of the task parameters, judged with its gradients (`_grad_probe`)."""
 
     def probe(self, obj: Any, case: Case) -> Any:
         return _grad_probe(obj, case)
 
     def judge(self, case: Case, got: Any, want: Any) -> str | None:
         return _judge_scalar(got, want)
+
+
+@register
+class MultitaskLoss(_ScalarOfParams):
+    solves = ref.multitask_loss
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
         def wrong(lam_factor: Any = 1.0, losses: str = "sum", **kw: Any) -> Callable:
@@ -530,14 +534,8 @@ def _mean_reg(task_params: Any, mode: str = "right") -> torch.Tensor:
 
 
 @register
-class MeanRegularizer(_MultitaskExercise):
+class MeanRegularizer(_ScalarOfParams):
     solves = ref.mean_regularizer
-
-    def probe(self, obj: Any, case: Case) -> Any:
-        return _grad_probe(obj, case)
-
-    def judge(self, case: Case, got: Any, want: Any) -> str | None:
-        return _judge_scalar(got, want)
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:
         return {

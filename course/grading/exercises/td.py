@@ -138,6 +138,27 @@ class _TDExercise(Exercise):
     def args(self, Q: torch.Tensor, fields: dict[str, Any]) -> tuple:
         return (Q, *(fields[name] for name in self.arg_names[1:]))
 
+    @staticmethod
+    def future(Q: torch.Tensor, s: Any, a: Any, s_next: Any, *a_next: Any) -> float:
+        """The value the right update bootstraps from (``a_next``: SARSA's only)."""
+        raise NotImplementedError
+
+    def wrong_update(
+        self, future: Callable[..., float] | None = None, gamma: float | None = None, **mistake: Any
+    ) -> Callable[..., torch.Tensor]:
+        """The update, called as the student's is, with one classic mistake: another ``future``
+        (called as `future`), a fixed ``gamma``, or a switch of `_update`."""
+        future_of = future or self.future
+
+        def wrong(*args: Any) -> torch.Tensor:
+            Q, s, a, r, s_next, *a_next, terminated, alpha, g = args
+            value = future_of(Q, s, a, s_next, *a_next)
+            return _update(
+                Q, s, a, r, value, terminated, alpha, g if gamma is None else gamma, **mistake
+            )
+
+        return wrong
+
     # --- probe and judge ----------------------------------------------------------------
 
     def probe(self, obj: Any, case: Case) -> Any:
@@ -262,18 +283,12 @@ class QLearningUpdate(_TDExercise):
     parts = {UPDATE: 2, TERMINATED: 1}
     arg_names = ("Q", "s", "a", "r", "s_next", "terminated", "alpha", "gamma")
 
+    @staticmethod
+    def future(Q: torch.Tensor, s: Any, a: Any, s_next: Any) -> float:
+        return float(Q[s_next].max())
+
     def mistakes(self) -> dict[str, Callable[..., Any]]:
-        def q(**mistake: Any) -> Callable[..., Any]:
-            future_of = mistake.pop("future", lambda Q, s, a, s_next: float(Q[s_next].max()))
-            gamma_of = mistake.pop("gamma", None)
-
-            def wrong(Q, s, a, r, s_next, terminated, alpha, gamma):
-                future = future_of(Q, s, a, s_next)
-                g = gamma if gamma_of is None else gamma_of
-                return _update(Q, s, a, r, future, terminated, alpha, g, **mistake)
-
-            return wrong
-
+        q = self.wrong_update
         return {
             BOOTSTRAP_TERMINATED: q(mask_terminated=False),
             WHOLE_ROW: q(where="row"),
@@ -297,20 +312,12 @@ class SarsaUpdate(_TDExercise):
     def transition(self, generator: torch.Generator, S: int, A: int) -> dict[str, Any]:
         return {"a_next": int(torch.randint(A, (1,), generator=generator))}
 
+    @staticmethod
+    def future(Q: torch.Tensor, s: Any, a: Any, s_next: Any, a_next: Any) -> float:
+        return float(Q[s_next, a_next])
+
     def mistakes(self) -> dict[str, Callable[..., Any]]:
-        def q(**mistake: Any) -> Callable[..., Any]:
-            future_of = mistake.pop(
-                "future", lambda Q, s, a, s_next, a_next: float(Q[s_next, a_next])
-            )
-            gamma_of = mistake.pop("gamma", None)
-
-            def wrong(Q, s, a, r, s_next, a_next, terminated, alpha, gamma):
-                future = future_of(Q, s, a, s_next, a_next)
-                g = gamma if gamma_of is None else gamma_of
-                return _update(Q, s, a, r, future, terminated, alpha, g, **mistake)
-
-            return wrong
-
+        q = self.wrong_update
         return {
             BOOTSTRAP_TERMINATED: q(mask_terminated=False),
             WHOLE_ROW: q(where="row"),
