@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import course
 from course.grading import sandbox
@@ -272,22 +273,10 @@ def _probe(limits: Limits, uid: int | None) -> tuple[dict, bool, bool] | None:
         scratch = private_folder(stack, "course-probe-", uid)
         group = make_pids_cgroup(limits.max_processes)
         report_path = scratch.parent / "report.jsonl"
-        fd = os.open(report_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = open_report(report_path)
         config = sandbox_config(limits, scratch, scratch / "none.ipynb", "", 0, fd, uid, [], group)
         config["probe"] = True
-        try:
-            proc = subprocess.Popen(
-                sandbox_command(config),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                pass_fds=(fd,),
-                cwd=scratch,
-                env=environment(scratch),
-                start_new_session=True,
-            )
-        finally:
-            os.close(fd)
+        proc = start_sandbox(config, fd, scratch, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)
         got = None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and proc.poll() is None:
@@ -414,6 +403,32 @@ def _nproc_limit(limits: Limits) -> int:
 
 def sandbox_command(config: dict) -> list[str]:
     return [sys.executable, "-s", str(SANDBOX), json.dumps(config)]
+
+
+def open_report(path: Path) -> int:
+    """A write-only, append-only descriptor on a new report file that only the grader reads."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+
+def start_sandbox(
+    config: dict, report_fd: int, scratch: Path, *, stdin: int, stderr: Any
+) -> subprocess.Popen:
+    """Start the sandbox child in ``scratch`` in a session of its own, with the report's
+    descriptor and nothing of the grader's environment; the grader's copy of the descriptor is
+    closed whatever happens, so the child holds the only one."""
+    try:
+        return subprocess.Popen(
+            sandbox_command(config),
+            stdin=stdin,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            pass_fds=(report_fd,),
+            cwd=scratch,
+            env=environment(scratch),
+            start_new_session=True,
+        )
+    finally:
+        os.close(report_fd)
 
 
 def environment(scratch: Path) -> dict[str, str]:

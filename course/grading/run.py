@@ -17,12 +17,12 @@ from course.grading.core import (
     lesson_exercises,
 )
 from course.grading.isolation import (
-    environment,
     kill_all,
     make_pids_cgroup,
+    open_report,
     private_folder,
-    sandbox_command,
     sandbox_config,
+    start_sandbox,
 )
 from course.grading.records import EX_CRASHED, EX_TIMED_OUT, Confinement, Limits
 
@@ -118,25 +118,13 @@ def run_notebook(
         if uid is not None:
             os.chown(notebook, uid, uid)
         report_path, stderr_path = private / "report.jsonl", private / "stderr.txt"
-        fd = os.open(report_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = open_report(report_path)
         group = make_pids_cgroup(limits.max_processes) if confinement.cgroup else None
         config = sandbox_config(
             limits, scratch, notebook, lesson, seed, fd, uid, list(skip), group, confinement.require
         )
         with open(stderr_path, "wb") as stderr:
-            try:
-                proc = subprocess.Popen(
-                    sandbox_command(config),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=stderr,
-                    pass_fds=(fd,),
-                    cwd=scratch,
-                    env=environment(scratch),
-                    start_new_session=True,
-                )
-            finally:
-                os.close(fd)
+            proc = start_sandbox(config, fd, scratch, stdin=subprocess.DEVNULL, stderr=stderr)
         timed_out = False
         try:
             proc.wait(timeout=limits.timeout)
