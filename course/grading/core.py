@@ -459,6 +459,20 @@ def compare_arrays(
 # --- running student code safely -------------------------------------------------------------
 
 
+def first_difference(
+    got: Any, want: dict[str, Any], atol: float, rtol: float
+) -> tuple[str, str] | None:
+    """``(name, reason)`` of the first entry of ``want`` (name -> plain data, e.g. a network's
+    parameters) that ``got`` does not match (a missing name, or a ``got`` that is no dict,
+    compares as None); None when every entry matches."""
+    for name, w in want.items():
+        g = got.get(name) if isinstance(got, dict) else None
+        reason = compare(g, w, atol, rtol)
+        if reason is not None:
+            return name, reason
+    return None
+
+
 def warm_up_optimizers() -> None:
     """Take one step of Adam and of SGD, once per process.
 

@@ -32,7 +32,15 @@ from torch import nn
 
 from course import multitask as ref
 from course.grading import plain
-from course.grading.core import Case, Exercise, compare, compare_scalar, register, switched_mistakes
+from course.grading.core import (
+    Case,
+    Exercise,
+    compare,
+    compare_scalar,
+    first_difference,
+    register,
+    switched_mistakes,
+)
 from course.grading.plain import show_tensor
 
 LESSON = "04_multitask"
@@ -1250,11 +1258,9 @@ class MultitaskUpdate(_MultitaskExercise):
             reason = compare(g, w, self.atol, self.rtol)
             if reason is not None:
                 return f"the task loss returned by call {i + 1}: {reason}"
-        for name, w in want["params"].items():
-            g = got["params"].get(name) if isinstance(got.get("params"), dict) else None
-            reason = compare(g, w, self.atol, self.rtol)
-            if reason is not None:
-                return f"q_net parameter `{name}` after the step(s): {reason}"
+        wrong = first_difference(got.get("params"), want["params"], self.atol, self.rtol)
+        if wrong is not None:
+            return f"q_net parameter `{wrong[0]}` after the step(s): {wrong[1]}"
         return None
 
     def mistakes(self) -> dict[str, Callable[..., Any]]:

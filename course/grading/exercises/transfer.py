@@ -43,6 +43,7 @@ from course.grading.core import (
     _changed_argument,
     compare,
     compare_scalar,
+    first_difference,
     register,
     switched_mistakes,
 )
@@ -1033,13 +1034,12 @@ class FinetuneUpdate(_TransferExercise):
                 "`q_net.l2sp_reference` changed: it is the fixed anchor (the pretrained weights); "
                 "read it, never overwrite it"
             )
-        for name, w in want["params"].items():
-            g = got["params"].get(name) if isinstance(got.get("params"), dict) else None
-            reason = compare(g, w, self.atol, self.rtol)
-            if reason is not None:
-                if name.startswith("trunk") and case.data["strategy"] == "freeze_trunk":
-                    return f"the frozen trunk moved (`{name}`): {reason}"
-                return f"q_net parameter `{name}` after the step(s): {reason}"
+        wrong = first_difference(got.get("params"), want["params"], self.atol, self.rtol)
+        if wrong is not None:
+            name, reason = wrong
+            if name.startswith("trunk") and case.data["strategy"] == "freeze_trunk":
+                return f"the frozen trunk moved (`{name}`): {reason}"
+            return f"q_net parameter `{name}` after the step(s): {reason}"
         for i, (g, w) in enumerate(zip(got["losses"], want["losses"])):
             reason = compare(g, w, self.atol, self.rtol)
             if reason is not None:
