@@ -136,7 +136,31 @@ def gridworld_explorer(
 # =============================================================================================
 
 
-class LamExplorer(widgets.VBox):
+class _SliderExplorer(widgets.VBox):
+    """One slider above one output area: moving the slider calls ``redraw``, which subclasses
+    write (drawing with `show`)."""
+
+    def __init__(self, options: list[tuple[str, float]], value: float, description: str) -> None:
+        self.slider = widgets.SelectionSlider(
+            options=options, value=value, description=description, continuous_update=False
+        )
+        self.output = widgets.Output()
+        self.slider.observe(lambda change: self.redraw(), names="value")
+        super().__init__([self.slider, self.output])
+        self.redraw()
+
+    def redraw(self) -> None:
+        raise NotImplementedError
+
+    def show(self, *figures: object) -> None:
+        """Replace what the output area shows with ``figures``."""
+        with self.output:
+            self.output.clear_output(wait=True)
+            for figure in figures:
+                display(figure)
+
+
+class LamExplorer(_SliderExplorer):
     """A slider over the lams of precomputed sweeps: learning curves at that lam, and the final
     score against lam with the chosen one marked.
 
@@ -154,16 +178,9 @@ class LamExplorer(widgets.VBox):
         finals = {name: lam_final_bands(r, last) for name, r in results.items()}
         self.lams = finals[next(iter(finals))][0]
         self.finals = {name: bands for name, (_, bands) in finals.items()}
-        self.slider = widgets.SelectionSlider(
-            options=[(f"{lam:g}", float(lam)) for lam in self.lams],
-            value=float(self.lams[0]),
-            description="lam",
-            continuous_update=False,
+        super().__init__(
+            [(f"{lam:g}", float(lam)) for lam in self.lams], float(self.lams[0]), "lam"
         )
-        self.output = widgets.Output()
-        self.slider.observe(lambda change: self.redraw(), names="value")
-        super().__init__([self.slider, self.output])
-        self.redraw()
 
     def redraw(self) -> None:
         """Draw both figures for the slider's lam."""
@@ -173,10 +190,7 @@ class LamExplorer(widgets.VBox):
         self.sweep_figure = plot_lam_sweep(
             self.lams, self.finals, "final score (mean over tasks)", selected=lam
         )
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(self.curves_figure)
-            display(self.sweep_figure)
+        self.show(self.curves_figure, self.sweep_figure)
 
 
 # =============================================================================================
@@ -184,7 +198,7 @@ class LamExplorer(widgets.VBox):
 # =============================================================================================
 
 
-class GeneralisationExplorer(widgets.VBox):
+class GeneralisationExplorer(_SliderExplorer):
     """A slider over the pole's half-length: every agent's return on that task, with intervals.
 
     Taught in Lesson 06. ``result`` is a `course.meta.GeneralisationResult`; moving the slider
@@ -196,16 +210,8 @@ class GeneralisationExplorer(widgets.VBox):
     def __init__(self, result, lengths: Sequence[float], n_episodes: int = 3) -> None:
         self.result = result
         self.n_episodes = n_episodes
-        self.slider = widgets.SelectionSlider(
-            options=[(f"{x:.2g}", float(x)) for x in lengths],
-            value=float(lengths[len(lengths) // 2]),
-            description="half-length",
-            continuous_update=False,
-        )
-        self.output = widgets.Output()
-        self.slider.observe(lambda change: self.redraw(), names="value")
-        super().__init__([self.slider, self.output])
-        self.redraw()
+        options = [(f"{x:.2g}", float(x)) for x in lengths]
+        super().__init__(options, float(lengths[len(lengths) // 2]), "half-length")
 
     def redraw(self) -> None:
         """Evaluate every agent on the slider's task and draw the bars."""
@@ -213,6 +219,4 @@ class GeneralisationExplorer(widgets.VBox):
         returns = self.result.on_task(task, self.n_episodes)
         self.values = {arm: tuple(mean_ci(r)) for arm, r in returns.items()}
         self.figure = plot_task_bars(self.values, title=f"pole half-length {task.length:.2g} m")
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(self.figure)
+        self.show(self.figure)
