@@ -456,7 +456,7 @@ class _NoEmptyCheck(_Sketch):
 
 # The fixed scenarios of each part: (label, capacity, obs_shape, n_tasks, steps).
 # fmt: off
-_EVERY_LEN = [
+_LENGTHS = [
     ("a new buffer is empty", 3, (2,), 1, [("len",)]),
     ("len counts adds up to capacity 4", 4, (3,), 1,
      [("len",), *(s for step in _adds(1, 7, "torch") for s in (step, ("len",)))]),
@@ -627,7 +627,7 @@ class ReplayBufferExercise(Exercise):
     def cases(self, generator: torch.Generator) -> list[Case]:
         g = generator
         return [
-            *_fixed(g, STORING, _EVERY_LEN),
+            *_fixed(g, STORING, _LENGTHS),
             *_random_len_cases(g),
             *_fixed(g, STORING, _SINGLE_ADDS),
             *_random_single_add_cases(g),
