@@ -366,6 +366,8 @@ def td_control(
         The final tables and what was measured (`TabularRun`).
     """
     S, n_actions, seeds = _checked_setup(envs, method, n_states, seed)
+    if not 0.0 <= epsilon <= 1.0:
+        raise ValueError(f"epsilon is {epsilon}; it must be a probability in [0, 1]")
     N = envs.num_envs
     tables = _Tables(seeds, S, n_actions, epsilon)
     Q, rows, draw, act = tables.Q, tables.rows, tables.draw, tables.act

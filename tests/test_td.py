@@ -226,6 +226,8 @@ def test_td_control_rejects_bad_settings():
         )
     with pytest.raises(ValueError, match="n_states"):
         td.td_control(grid_vec(2), "sarsa", 10, alpha=1, gamma=1, epsilon=0, seed=0)
+    with pytest.raises(ValueError, match="epsilon is 1.5"):
+        td.td_control(grid_vec(1), "sarsa", 10, alpha=1, gamma=1, epsilon=1.5, seed=0, n_states=13)
 
 
 def test_first_episodes():
