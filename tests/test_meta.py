@@ -237,6 +237,21 @@ def test_parts_returns_match_task_returns_part_by_part():
         meta.parts_returns(nets, [[]], n_episodes=3)
 
 
+def test_parts_returns_of_any_modules_match_the_stacked_q_networks():
+    """Q-networks of one size run stacked; other modules (and mixed sizes) one by one, alike."""
+    from torch import nn
+
+    from course.dqn import QNetwork
+
+    torch.manual_seed(2)
+    nets = [QNetwork(4, 2, (8,)) for _ in range(2)] + [QNetwork(4, 2, (6, 5))]
+    parts = [[CartPoleTask(length=0.4), CartPoleTask(length=1.5)]]
+    plain = [nn.Sequential(net.trunk, net.head) for net in nets]
+    mixed = meta.parts_returns(nets, parts, n_episodes=2)[0]
+    torch.testing.assert_close(meta.parts_returns(plain, parts, n_episodes=2)[0], mixed)
+    torch.testing.assert_close(meta.parts_returns(nets[:2], parts, n_episodes=2)[0], mixed[:2])
+
+
 @pytest.fixture(scope="module")
 def generalists():
     split = meta.cartpole_split(meta.LENGTH_FAMILY, 4, 2, 3, seed=0)
