@@ -535,7 +535,7 @@ GENERALISATION_CONFIG = DQNConfig(
     buffer_size=8_000,
     batch_size=32,
     learning_starts=500,
-    updates_per_step=0.5,
+    updates_per_step=0.4,
     target_update_interval=250,
     eps_start=1.0,
     eps_end=0.01,
@@ -544,10 +544,10 @@ GENERALISATION_CONFIG = DQNConfig(
     eval_episodes=4,
 )
 """The agents of the lesson's generalisation experiment (what one core affords for 30 agents):
-8,000 steps on 8 envs per agent, a 64-64 network, half an update per step. The updates cost
-most of the time, in proportion to their batch, hence batches of 32; a learning rate of 2e-3
-(decaying to 0) makes up for them: at 1e-3 the agents trained on several tasks learn less in the
-budget."""
+8,000 steps on 8 envs per agent, a 64-64 network. The gradient updates cost most of the time,
+in proportion to their number and batch size: 0.4 updates per step on batches of 32, and a
+learning rate of 2e-3 (decaying to 0) to make up for them (at 1e-3 the agents trained on several
+tasks learn less in the budget)."""
 
 ARMS: tuple[str, ...] = ("default", "multitask", "randomised")
 """``"default"``: one task, the family's base (default CartPole). ``"multitask"``: the split's
