@@ -11,9 +11,10 @@ Two parts, which can run in separate processes:
   fine-tuned on the longest test pole against the single-source, randomised and fresh starts.
 
 The defaults are the lesson's settings scaled up (the lesson: 150 Reptile steps, 10 sine seeds;
-10 CartPole seeds of 8,000 steps, 4 validation and 8 test tasks; 2 Reptile iterations; 1,000
+10 CartPole seeds of 8,000 steps, 8 validation and 8 test tasks; 2 Reptile iterations; 1,000
 fine-tuning steps). The CartPole part keeps the lesson's budget per agent and doubles the seeds
-and the validation and test tasks, so that its verdicts check the lesson's.
+and the validation and test tasks, so that its verdicts check the lesson's; both parts run
+seeds from 100 on (``--first-seed``), not the lesson's 0 to 9 (``--lesson`` runs those).
 
 Usage::
 
@@ -56,11 +57,11 @@ from course.meta import (
 LRS = (0.005, 0.01, 0.02, 0.04)
 
 
-def run_sine(outer_steps: int, seeds: int) -> None:
+def run_sine(outer_steps: int, seeds: range) -> None:
     start = time.perf_counter()
     split = sine_split(n_train=100, n_validation=20, n_test=20, seed=0)
     config = dataclasses.replace(SINE_META_CONFIG, outer_steps=outer_steps)
-    result = train_sine_meta(split, seeds=range(seeds), config=config, evaluate_on="validation")
+    result = train_sine_meta(split, seeds=seeds, config=config, evaluate_on="validation")
     chosen = choose_lr(adaptation_lr_sweep(result, split.validation, LRS, steps=5), LRS)
     test = {
         m: adapt_sine(
@@ -68,7 +69,10 @@ def run_sine(outer_steps: int, seeds: int) -> None:
         )
         for m in result.inits
     }
-    print(f"== sine: {outer_steps} Reptile steps, {seeds} seeds; lr chosen on validation {chosen}")
+    print(
+        f"== sine: {outer_steps} Reptile steps, {len(seeds)} seeds ({seeds.start} on); "
+        f"lr chosen on validation {chosen}"
+    )
     for m, mse in test.items():
         curve = mse.mean(dim=1).mean(dim=0)
         print(
@@ -81,7 +85,7 @@ def run_sine(outer_steps: int, seeds: int) -> None:
 
 
 def run_cartpole(
-    seeds: int,
+    seeds: range,
     steps: int,
     n_validation: int,
     n_test: int,
@@ -95,9 +99,10 @@ def run_cartpole(
     config = dataclasses.replace(
         GENERALISATION_CONFIG, total_steps=steps, buffer_size=steps, eval_every=steps
     )
-    result = train_generalists(split, LENGTH_FAMILY, range(seeds), config, device=device)
+    result = train_generalists(split, LENGTH_FAMILY, seeds, config, device=device)
     print(
-        f"== CartPole generalisation: 3 arms x {seeds} seeds x {steps} steps; "
+        f"== CartPole generalisation: 3 arms x {len(seeds)} seeds ({seeds.start} on) x {steps} "
+        f"steps; "
         f"{n_validation} validation, {n_test} test tasks"
     )
     print("   mean over the tasks of each part")
@@ -138,10 +143,11 @@ def run_cartpole(
     finetune = dataclasses.replace(
         FINETUNE_CONFIG, total_steps=finetune_steps, buffer_size=finetune_steps
     )
-    _, curves = finetune_from(starts, target, range(seeds), finetune, device=device)
+    _, curves = finetune_from(starts, target, seeds, finetune, device=device)
     print(
         f"== Reptile in RL: {meta_dqn.env_steps} meta-training steps ({iterations} x {tasks} "
-        f"tasks); fine-tuning {finetune_steps} steps on pole {target.length:.2f}, {seeds} seeds"
+        f"tasks); fine-tuning {finetune_steps} steps on pole {target.length:.2f}, "
+        f"{len(seeds)} seeds"
     )
     for name, c in curves.items():
         print(
@@ -166,19 +172,20 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=6, help="Reptile iterations (RL)")
     parser.add_argument("--tasks", type=int, default=4, help="tasks per Reptile iteration (RL)")
     parser.add_argument("--finetune-steps", type=int, default=2_000)
+    parser.add_argument("--first-seed", type=int, default=100, help="seeds run from here on")
     parser.add_argument("--device", default="cpu", help="torch device (cpu: reproducible)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.lesson:
         args.outer_steps, args.sine_seeds, args.seeds, args.steps = 150, 10, 10, 8_000
-        args.validation_tasks, args.test_tasks = 4, 8
+        args.validation_tasks, args.test_tasks, args.first_seed = 8, 8, 0
         args.iterations, args.tasks, args.finetune_steps = 2, 2, 1_000
     if args.part in ("sine", "all"):
-        run_sine(args.outer_steps, args.sine_seeds)
+        run_sine(args.outer_steps, range(args.first_seed, args.first_seed + args.sine_seeds))
     if args.part in ("cartpole", "all"):
         run_cartpole(
-            args.seeds,
+            range(args.first_seed, args.first_seed + args.seeds),
             args.steps,
             args.validation_tasks,
             args.test_tasks,

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from course.dqn import DQNConfig, QNetwork, train_dqn
+from course.dqn import DQNConfig, DQNResult, QNetwork, train_dqn_agents
 from course.envs import (
     CartPoleTask,
     CartPoleTaskDistribution,
@@ -46,6 +46,7 @@ from course.envs import (
 )
 from course.evaluation import Comparison, compare, evaluate_policy, mean_ci
 from course.multitask import SineTasks, sine_tasks
+from course.population import FamilyEnvs, FusedAdam, PopulationQNetwork, Purpose
 
 __all__ = [
     "ARMS",
@@ -263,6 +264,27 @@ def _draw(
     return x, y
 
 
+def _mse_grads(
+    params: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor
+) -> list[torch.Tensor]:
+    """Gradients of ``sum_n mean_b (mlp_n(x[n, b]) - y[n, b])**2`` for every parameter of the
+    stacked MLPs of :func:`_mlp` (``x[n, B, 1]``, ``y[n, B]``), backpropagated by hand: on
+    networks this small, autograd's bookkeeping costs more than the arithmetic. Summing the
+    networks' losses keeps each network's gradient its own."""
+    inputs = [x]  # the input of every layer
+    for layer in range(0, len(params) - 2, 2):
+        inputs.append(torch.baddbmm(params[layer + 1], inputs[-1], params[layer]).relu())
+    out = torch.baddbmm(params[-1], inputs[-1], params[-2])
+    delta = (2 / y.shape[1]) * (out - y.unsqueeze(-1))  # d loss / d out, [n, B, 1]
+    grads = []
+    for layer in range(len(params) - 2, -1, -2):  # last layer first
+        h = inputs[layer // 2]
+        grads += [delta.sum(dim=1, keepdim=True), h.transpose(1, 2) @ delta]  # bias, weight
+        if layer:
+            delta = (delta @ params[layer].transpose(1, 2)) * (h > 0)  # through the ReLU
+    return grads[::-1]
+
+
 def _sgd_steps(
     params: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor, steps: int, lr: float
 ) -> list[list[torch.Tensor]]:
@@ -270,11 +292,7 @@ def _sgd_steps(
     current = [p.detach() for p in params]
     history = [current]
     for _ in range(steps):
-        current = [p.requires_grad_(True) for p in (q.detach().clone() for q in current)]
-        # summing the networks' losses keeps each network's gradient its own
-        loss = (_mlp(current, x) - y).pow(2).mean(dim=1).sum()
-        grads = torch.autograd.grad(loss, current)
-        current = [(p - lr * g).detach() for p, g in zip(current, grads)]
+        current = [p - lr * g for p, g in zip(current, _mse_grads(current, x, y))]
         history.append(current)
     return history
 
@@ -422,16 +440,16 @@ def train_sine_meta(
     x_all, y_all = draw(n_steps * M * cfg.shots, 1)
     x_all = x_all.reshape(N, n_steps, M * cfg.shots, 1)
     y_all = y_all.reshape(N, n_steps, M * cfg.shots)
-    pretrained = [p.clone().requires_grad_(True) for p in init]
-    optimizer = torch.optim.Adam(pretrained, lr=cfg.mixture_lr)
+    pretrained = [p.clone() for p in init]
+    # the trainer's Adam: torch.optim's first step imports torch._dynamo (over a second of CPU)
+    optimizer = FusedAdam([{"params": pretrained, "lr": cfg.mixture_lr}])
     for step in range(n_steps):
-        loss = (_mlp(pretrained, x_all[:, step]) - y_all[:, step]).pow(2).mean(dim=1).sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for p, g in zip(pretrained, _mse_grads(pretrained, x_all[:, step], y_all[:, step])):
+            p.grad = g
         optimizer.step()
 
     held_out = getattr(split, evaluate_on)
-    inits = {"reptile": meta, "pretrained": [p.detach() for p in pretrained], "scratch": init}
+    inits = {"reptile": meta, "pretrained": pretrained, "scratch": init}
     mse = {name: adapt_sine(params, held_out, cfg, seed=10**6) for name, params in inits.items()}
     return SineMetaResult(cfg, seeds, mse, inits, time.perf_counter() - start)
 
@@ -511,13 +529,13 @@ GENERALISATION_CONFIG = DQNConfig(
     total_steps=8_000,
     num_envs=8,
     hidden=(64, 64),
-    lr=1e-3,
+    lr=2e-3,
     lr_end_fraction=0.0,
     lr_decay_fraction=1.0,
     buffer_size=8_000,
-    batch_size=64,
+    batch_size=32,
     learning_starts=500,
-    updates_per_step=0.5,
+    updates_per_step=0.4,
     target_update_interval=250,
     eps_start=1.0,
     eps_end=0.01,
@@ -525,9 +543,11 @@ GENERALISATION_CONFIG = DQNConfig(
     eval_every=8_000,
     eval_episodes=4,
 )
-"""The agents of the lesson's generalisation experiment: Lesson 05's source network and
-hyperparameters at 40% of its budget and twice its replay ratio (what one core affords for 30
-agents), 8 envs per agent."""
+"""The agents of the lesson's generalisation experiment (what one core affords for 30 agents):
+8,000 steps on 8 envs per agent, a 64-64 network. The gradient updates cost most of the time,
+in proportion to their number and batch size: 0.4 updates per step on batches of 32, and a
+learning rate of 2e-3 (decaying to 0) to make up for them (at 1e-3 the agents trained on several
+tasks learn less in the budget)."""
 
 ARMS: tuple[str, ...] = ("default", "multitask", "randomised")
 """``"default"``: one task, the family's base (default CartPole). ``"multitask"``: the split's
@@ -574,36 +594,58 @@ def cartpole_split(
     return TaskSplit(*parts)
 
 
-class _AgentEnvs:
-    """``make_env`` for :func:`course.dqn.train_dqn` that gives agent ``a`` its own env builder.
+class _StackedEnvs:
+    """Several :class:`course.population.FamilyEnvs` run as one population, agents in order.
 
-    ``train_dqn`` builds one training env per agent in agent order (``num_envs`` sub-envs), then
-    one evaluation env per agent (``eval_episodes``); the sizes let this factory check the order.
+    Each arm's agents share one vector env (a handful of numpy calls per step for the whole
+    population, instead of one per agent); agent ``a``'s sub-envs are seeded from its own seed
+    alone, as :class:`course.population.FamilyEnvs` does, so its runs do not depend on the others.
     """
 
-    def __init__(self, builders: Sequence[Callable[[int], Any]], config: DQNConfig) -> None:
-        self.builders = list(builders)
-        self.sizes = (config.num_envs, config.eval_episodes)
-        self.calls = 0
+    def __init__(self, parts: Sequence[FamilyEnvs]) -> None:
+        self.parts = list(parts)
+        self.counts = [part.n_agents for part in self.parts]
+        self.n_agents = sum(self.counts)
+        self.obs_dim, self.n_actions = self.parts[0].obs_dim, self.parts[0].n_actions
+        self.tasks = torch.cat([part.tasks for part in self.parts])
 
-    def __call__(self, num_envs: int) -> Any:
-        n = len(self.builders)
-        k, self.calls = self.calls, self.calls + 1
-        if k >= 2 * n or num_envs != self.sizes[k // n]:
-            raise RuntimeError("train_dqn no longer builds its envs agent by agent")
-        return self.builders[k % n](num_envs)
+    def _split(self, values: Sequence[Any]) -> list[Sequence[Any]]:
+        bounds = np.cumsum([0, *self.counts])
+        return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def reset(self, seeds: Sequence[int], purpose: Purpose = Purpose.ENV, *keys: int) -> np.ndarray:
+        parts = zip(self.parts, self._split(list(seeds)), strict=True)
+        return np.concatenate([part.reset(s, purpose, *keys) for part, s in parts])
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        results = [part.step(a) for part, a in zip(self.parts, self._split(actions), strict=True)]
+        return tuple(np.concatenate([r[i] for r in results]) for i in range(4))  # type: ignore
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
+
+
+def _one_task_envs(tasks: Sequence[CartPoleTask], n: int) -> FamilyEnvs:
+    """Agent ``k`` runs ``tasks[k]`` on ``n`` sub-envs (no task ids: every row is task 0)."""
+    return FamilyEnvs(make_cartpole_vec(tasks, n), len(tasks), 1)
 
 
 def _arm_env(
     arm: str, split: TaskSplit, distribution: CartPoleTaskDistribution
-) -> Callable[[int], Any]:
+) -> Callable[[int, int], FamilyEnvs]:
+    """``build(n_agents, n)``: the envs of ``n_agents`` agents of ``arm``, ``n`` sub-envs each."""
     if arm == "default":
-        return lambda n: make_cartpole_vec([distribution.base], n)
-    if arm == "multitask":
+        return lambda agents, n: _one_task_envs([distribution.base] * agents, n)
+    if arm == "multitask":  # the sub-envs spread evenly over the training tasks
         K = len(split.train)
-        return lambda n: make_cartpole_vec(split.train, n // K)
+        return lambda agents, n: FamilyEnvs(
+            make_cartpole_vec(list(split.train) * agents, n // K), agents, 1
+        )
     if arm == "randomised":
-        return lambda n: make_randomised_cartpole_vec(distribution, n)
+        return lambda agents, n: FamilyEnvs(
+            make_randomised_cartpole_vec(distribution, agents * n), agents, 1
+        )
     raise ValueError(f"unknown arm {arm!r}; use some of {ARMS}")
 
 
@@ -614,6 +656,25 @@ def _network(state: Mapping[str, torch.Tensor]) -> QNetwork:
     net = QNetwork(state["trunk.0.weight"].shape[1], state["head.weight"].shape[0], hidden)
     net.load_state_dict(dict(state))
     return net.eval()
+
+
+def _greedy_policy(networks: Sequence[nn.Module], E: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Greedy actions ``[N * E]`` of network ``a`` on rows ``a * E ...`` of ``obs[N * E, D]``.
+
+    :class:`course.dqn.QNetwork` s of one size are stacked into one
+    :class:`course.population.PopulationQNetwork` (three batched products per step instead of
+    three per network); other networks are called one by one.
+    """
+    sizes = {
+        (net.obs_dim, net.n_actions, net.hidden) if isinstance(net, QNetwork) else None
+        for net in networks
+    }
+    if None in sizes or len(sizes) > 1:
+        return lambda obs: torch.cat([net(o).argmax(-1) for net, o in zip(networks, obs.split(E))])
+    stacked = PopulationQNetwork(len(networks), *sizes.pop())
+    for a, net in enumerate(networks):
+        stacked.load_agent_state_dict(a, net.state_dict())
+    return lambda obs: stacked(obs.view(len(networks), E, -1)).argmax(-1).reshape(-1)
 
 
 @torch.no_grad()
@@ -670,9 +731,7 @@ def parts_returns(
     block = [seed + j for size in sizes for j in range(size)]
     E = len(block)
 
-    def policy(obs: torch.Tensor) -> torch.Tensor:
-        return torch.cat([net(o).argmax(-1) for net, o in zip(networks, obs.split(E))])
-
+    policy = _greedy_policy(networks, E)
     seeds = block * len(networks)
     returns = evaluate_policy(policy, env, env.num_envs, seeds)  # type: ignore[arg-type]
     env.close()
@@ -740,11 +799,9 @@ class GeneralisationResult:
 
     def on_task(self, task: CartPoleTask, n_episodes: int = 5) -> dict[str, torch.Tensor]:
         """Every agent's mean greedy return on one more task, by arm ``{arm: [N]}``."""
-        out = {}
-        for arm in self.arms:
-            nets = [_network(state) for state in self.states[arm]]
-            out[arm] = task_returns(nets, [task], n_episodes)[:, 0]
-        return out
+        nets = [_network(state) for arm in self.arms for state in self.states[arm]]
+        returns = task_returns(nets, [task], n_episodes)[:, 0].split(len(self.seeds))
+        return dict(zip(self.arms, returns))
 
     def select(self, part: str = "validation", measure: str = "mean") -> str:
         """The arm with the highest ``measure`` on ``part``, averaged over seeds."""
@@ -810,13 +867,13 @@ def train_generalists(
     arms: Sequence[str] = ARMS,
     grid: Sequence[CartPoleTask] | None = None,
     beyond: Sequence[CartPoleTask] | None = None,
-    n_episodes: int = 10,
+    n_episodes: int = 5,
     device: torch.device | str | None = None,
 ) -> GeneralisationResult:
     """Train every arm at the same budget, then score every agent on every part of the split.
 
-    All agents (arms x seeds) train in one :func:`course.dqn.train_dqn` call with the same
-    config: the arms differ only in the tasks their envs run (see :data:`ARMS`), so the budget,
+    All agents (arms x seeds) train in one :func:`course.dqn.train_dqn_agents` call with the
+    same config: the arms differ only in the tasks their envs run (see :data:`ARMS`), so the budget,
     the network, the exploration and the learning-rate schedules are matched by construction.
 
     Args:
@@ -860,10 +917,16 @@ def train_generalists(
     beyond = tuple(beyond)
     seeds = tuple(int(s) for s in seeds)
     agents = [(arm, seed) for arm in arms for seed in seeds]
-    builders = [_arm_env(arm, split, distribution) for arm, _ in agents]
-    result = train_dqn(
-        config, [seed for _, seed in agents], _AgentEnvs(builders, config), device=device
+    builders = [_arm_env(arm, split, distribution) for arm in arms]
+    envs, eval_envs = (
+        _StackedEnvs([build(len(seeds), n) for build in builders])
+        for n in (config.num_envs, config.eval_episodes)
     )
+    try:
+        result = train_dqn_agents(seeds * len(arms), envs, eval_envs, config, device=device)
+    finally:
+        envs.close()
+        eval_envs.close()
     nets = [result.network(a).eval() for a in range(len(agents))]
     own = {"default": (distribution.base,), "multitask": split.train, "randomised": split.train}
     returns: dict[str, dict[str, torch.Tensor]] = {p: {} for p in ("train", *_PARTS)}
@@ -949,6 +1012,8 @@ def fresh_state(hidden: Sequence[int], seed: int) -> dict[str, torch.Tensor]:
 
 REPTILE_INNER_CONFIG = dataclasses.replace(
     GENERALISATION_CONFIG,
+    lr=1e-3,
+    batch_size=64,
     total_steps=1_000,
     buffer_size=1_000,
     learning_starts=250,
@@ -959,7 +1024,8 @@ REPTILE_INNER_CONFIG = dataclasses.replace(
     eval_every=1_000,
 )
 """One inner loop of RL Reptile: 1,000 steps of DQN on one task from the current
-meta-parameters, with a fresh replay buffer and little exploration."""
+meta-parameters, with a fresh replay buffer, little exploration and a constant learning rate
+(1e-3, batches of 64)."""
 
 FINETUNE_CONFIG = dataclasses.replace(REPTILE_INNER_CONFIG, eval_every=500)
 """Fine-tuning on a held-out task: an inner loop's budget, evaluated every 500 steps."""
@@ -998,11 +1064,12 @@ def reptile_dqn(
     """Meta-learn a Q-network initialisation with Reptile over a task family.
 
     Each iteration draws ``tasks_per_iteration`` tasks from ``distribution``, trains one DQN
-    per task from the current meta-parameters (:func:`course.dqn.train_dqn`, all tasks at once,
-    each with a fresh replay buffer and optimizer), and moves the meta-parameters toward the
-    mean of the trained ones with :func:`reptile_step`, the step size annealed linearly from
-    ``step_size`` to 0 over the iterations. (The first iteration from a fresh initialisation is
-    ordinary training; ``inner_config.eps_start`` applies to every inner loop.)
+    per task from the current meta-parameters (:func:`course.dqn.train_dqn_agents`, all tasks
+    at once, each with a fresh replay buffer and optimizer), and moves the meta-parameters
+    toward the mean of the trained ones with :func:`reptile_step`, the step size annealed
+    linearly from ``step_size`` to 0 over the iterations. (The first iteration from a fresh
+    initialisation is ordinary training; ``inner_config.eps_start`` applies to every inner
+    loop.)
 
     Args:
         distribution: The training task distribution.
@@ -1029,11 +1096,8 @@ def reptile_dqn(
     for it in range(iterations):
         u = rng.random((tasks_per_iteration, len(distribution.ranges)))
         tasks = [distribution.task_from_unit(row) for row in u]
-        builders = [(lambda n, t=t: make_cartpole_vec([t], n)) for t in tasks]
         seeds = [seed * 10_000 + it * tasks_per_iteration + k for k in range(tasks_per_iteration)]
-        result = train_dqn(
-            inner_config, seeds, _AgentEnvs(builders, inner_config), init_state=meta, device=device
-        )
+        result = _train_on_tasks(inner_config, seeds, tasks, [meta] * len(tasks), device)
         adapted = [[state[name] for name in names] for state in result.states]
         size = step_size * (1 - it / iterations)
         meta = dict(zip(names, reptile_step([meta[n] for n in names], adapted, size)))
@@ -1048,6 +1112,24 @@ def reptile_dqn(
     )
 
 
+def _train_on_tasks(
+    config: DQNConfig,
+    seeds: Sequence[int],
+    tasks: Sequence[CartPoleTask],
+    init_states: Sequence[Mapping[str, torch.Tensor]],
+    device: torch.device | str | None,
+) -> DQNResult:
+    """:func:`course.dqn.train_dqn_agents` with agent ``a`` on ``tasks[a]`` from
+    ``init_states[a]``, every agent's envs in one vector env."""
+    envs = _one_task_envs(tasks, config.num_envs)
+    eval_envs = _one_task_envs(tasks, config.eval_episodes)
+    try:
+        return train_dqn_agents(seeds, envs, eval_envs, config, init_states, device=device)
+    finally:
+        envs.close()
+        eval_envs.close()
+
+
 def finetune_from(
     starts: Mapping[str, Mapping[str, torch.Tensor]],
     task: CartPoleTask,
@@ -1057,9 +1139,9 @@ def finetune_from(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Fine-tune every starting network on one task, with every seed, at the same budget.
 
-    All (start, seed) agents train in one :func:`course.dqn.train_dqn` call with one config;
-    seed ``s`` gives every start the same exploration and environment streams, so the starts
-    can be compared seed by seed.
+    All (start, seed) agents train in one :func:`course.dqn.train_dqn_agents` call with one
+    config; seed ``s`` gives every start the same exploration and environment streams, so the
+    starts can be compared seed by seed.
 
     Args:
         starts: Starting :class:`course.dqn.QNetwork` state dicts by name.
@@ -1073,13 +1155,12 @@ def finetune_from(
     """
     seeds = tuple(int(s) for s in seeds)
     agents = [(name, s) for name in starts for s in seeds]
-    builders = [lambda n: make_cartpole_vec([task], n)] * len(agents)
-    result = train_dqn(
+    result = _train_on_tasks(
         config,
         [s for _, s in agents],
-        _AgentEnvs(builders, config),
-        init_state=[dict(starts[name]) for name, _ in agents],
-        device=device,
+        [task] * len(agents),
+        [dict(starts[name]) for name, _ in agents],
+        device,
     )
     N = len(seeds)
     curves = {name: result.eval_mean[i * N : (i + 1) * N] for i, name in enumerate(starts)}

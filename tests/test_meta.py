@@ -102,6 +102,21 @@ def test_adapt_sine_scores_step_zero_without_training_and_improves():
     assert (mse[:, :, -1].mean() < mse[:, :, 0].mean()).item()
 
 
+@pytest.mark.parametrize("hidden", [1, 7])
+def test_mse_grads_are_autograds(hidden):
+    """The hand-written backward pass of the sine networks against autograd, in float64."""
+    init = meta._init_mlp(3, hidden, [torch.Generator().manual_seed(s) for s in range(3)])
+    params = [p.double().requires_grad_(True) for p in init]
+    x = torch.randn(3, 5, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    y = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    loss = (meta._mlp(params, x) - y).pow(2).mean(dim=1).sum()
+    want = torch.autograd.grad(loss, params)
+    got = meta._mse_grads([p.detach() for p in params], x, y)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
 @pytest.fixture(scope="module")
 def small_run():
     cfg = dataclasses.replace(SINE_META_CONFIG, outer_steps=60, eval_steps=8)
@@ -222,6 +237,21 @@ def test_parts_returns_match_task_returns_part_by_part():
         meta.parts_returns(nets, [[]], n_episodes=3)
 
 
+def test_parts_returns_of_any_modules_match_the_stacked_q_networks():
+    """Q-networks of one size run stacked; other modules (and mixed sizes) one by one, alike."""
+    from torch import nn
+
+    from course.dqn import QNetwork
+
+    torch.manual_seed(2)
+    nets = [QNetwork(4, 2, (8,)) for _ in range(2)] + [QNetwork(4, 2, (6, 5))]
+    parts = [[CartPoleTask(length=0.4), CartPoleTask(length=1.5)]]
+    plain = [nn.Sequential(net.trunk, net.head) for net in nets]
+    mixed = meta.parts_returns(nets, parts, n_episodes=2)[0]
+    torch.testing.assert_close(meta.parts_returns(plain, parts, n_episodes=2)[0], mixed)
+    torch.testing.assert_close(meta.parts_returns(nets[:2], parts, n_episodes=2)[0], mixed[:2])
+
+
 @pytest.fixture(scope="module")
 def generalists():
     split = meta.cartpole_split(meta.LENGTH_FAMILY, 4, 2, 3, seed=0)
@@ -304,21 +334,38 @@ def test_arms_get_their_own_tasks(monkeypatch):
     def spy(arm, split, distribution):
         builder = original(arm, split, distribution)
 
-        def build(n):
-            env = builder(n)
-            built.append((arm, type(env).__name__, tuple(sorted({float(x) for x in env.length}))))
-            return env
+        def build(agents, n):
+            envs = builder(agents, n)
+            lengths = envs.env.length.reshape(agents, n)
+            kind = type(envs.env).__name__
+            built.append((arm, kind, envs.tasks.shape, [sorted(set(row)) for row in lengths]))
+            return envs
 
         return build
 
     monkeypatch.setattr(meta, "_arm_env", spy)
     split = meta.cartpole_split(meta.LENGTH_FAMILY, 4, 1, 1, seed=0)
-    meta.train_generalists(split, seeds=[0], config=TINY, grid=[CartPoleTask()], n_episodes=1)
-    training = built[: len(meta.ARMS) * 2][: len(meta.ARMS)]
-    by_arm = {arm: (kind, lengths) for arm, kind, lengths in training}
-    assert by_arm["default"] == ("CartPoleFamilyVectorEnv", (0.5,))
-    assert by_arm["multitask"][1] == tuple(sorted(t.length for t in split.train))
-    assert by_arm["randomised"][0] == "CartPoleRandomisedVectorEnv"
+    meta.train_generalists(split, seeds=[0, 1], config=TINY, grid=[CartPoleTask()], n_episodes=1)
+    training = built[: len(meta.ARMS)]
+    by_arm = {arm: (kind, shape, lengths) for arm, kind, shape, lengths in training}
+    assert by_arm["default"] == ("CartPoleFamilyVectorEnv", (2, 4), [[0.5], [0.5]])
+    assert by_arm["multitask"][2] == [sorted(t.length for t in split.train)] * 2
+    assert by_arm["randomised"][:2] == ("CartPoleRandomisedVectorEnv", (2, 4))
+    evaluation = built[len(meta.ARMS) :]
+    assert [(arm, shape) for arm, _, shape, _ in evaluation] == [(a, (2, 4)) for a in meta.ARMS]
+
+
+def test_an_agent_does_not_depend_on_the_other_arms_or_seeds():
+    """Every arm's envs run in one vector env; agent ``(arm, seed)`` must still be the same
+    agent when trained alone."""
+    split = meta.cartpole_split(meta.LENGTH_FAMILY, 4, 1, 1, seed=0)
+    beyond = [CartPoleTask(length=3.0)]
+    options = {"config": TINY, "grid": [CartPoleTask()], "beyond": beyond, "n_episodes": 2}
+    together = meta.train_generalists(split, seeds=[0, 1], **options)
+    alone = meta.train_generalists(split, seeds=[1], arms=["randomised"], **options)
+    for key, value in alone.states["randomised"][0].items():
+        torch.testing.assert_close(value, together.states["randomised"][1][key])
+    torch.testing.assert_close(alone.curves["randomised"][0], together.curves["randomised"][1])
 
 
 def test_generalists_refuse_bad_arguments():
