@@ -20,7 +20,8 @@ The module reads top to bottom like the lesson:
    :func:`course.population.train_population`): one replay holding every task's transitions
    with their task ids, a multi-head Q-network, per-task learning rates, trained for a
    *population* of agents (seeds, regularisation strengths) in one batched computation, with the
-   single-task agents and the head-less baselines it is compared with;
+   single-task agents and the head-less baselines it is compared with; :func:`train_variants`
+   trains several variants (penalties, or task input against none) in one population;
 4. the summaries the lesson prints: t intervals over seeds and paired verdicts
    (:func:`course.evaluation.compare`), the single-task agents matched task by task
    (:func:`single_task_config`, :func:`compare_with_singles`), the dodge of a head-only penalty
