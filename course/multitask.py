@@ -20,7 +20,8 @@ The module reads top to bottom like the lesson:
    :func:`course.population.train_population`): one replay holding every task's transitions
    with their task ids, a multi-head Q-network, per-task learning rates, trained for a
    *population* of agents (seeds, regularisation strengths) in one batched computation, with the
-   single-task agents and the head-less baselines it is compared with;
+   single-task agents and the head-less baselines it is compared with; :func:`train_variants`
+   trains several variants (penalties, or task input against none) in one population;
 4. the summaries the lesson prints: t intervals over seeds and paired verdicts
    (:func:`course.evaluation.compare`), the single-task agents matched task by task
    (:func:`single_task_config`, :func:`compare_with_singles`), the dodge of a head-only penalty
@@ -107,10 +108,13 @@ __all__ = [
     "singles_verdicts",
     "steps_to_threshold",
     "supervised_per_seed",
+    "supervised_sweep",
     "supervised_sweep_bands",
     "task_param_groups",
+    "take_agents",
     "train_multitask_dqn",
     "train_supervised",
+    "train_variants",
 ]
 
 
@@ -582,13 +586,33 @@ def train_supervised(
     Returns:
         A :class:`SupervisedResult` over the ``len(lams) * len(seeds)`` runs, lam-major.
     """
+    return supervised_sweep(config, lams, seeds, (regularizer,))[regularizer]
+
+
+def supervised_sweep(
+    config: SupervisedConfig = SupervisedConfig(),
+    lams: Sequence[float] = (0.0,),
+    seeds: Sequence[int] = (0,),
+    regularizers: Sequence[str] = ("l2", "mean"),
+) -> dict[str, SupervisedResult]:
+    """:func:`train_supervised` for every regulariser, all runs trained in one population.
+
+    A run's numbers depend only on its own lam, seed and regulariser, so this gives each
+    regulariser's result of :func:`train_supervised` in one pass over the steps.
+
+    Returns:
+        Regulariser -> its :class:`SupervisedResult` (runs lam-major).
+    """
     start = time.perf_counter()
+    if not regularizers or any(r not in REGULARIZERS for r in regularizers):
+        raise ValueError(f"regularizers are {regularizers!r}; use 'l2' (weight decay) or 'mean'")
     tasks = sine_tasks(config.n_tasks, config.task_seed)
     K = config.n_tasks
-    run_lams = torch.tensor([float(lam) for lam in lams for _ in seeds], dtype=torch.float64)
-    run_seeds = torch.tensor([int(s) for _ in lams for s in seeds])
-    N = len(run_lams)
-    gens = [torch.Generator().manual_seed(int(s)) for s in run_seeds]
+    runs = [(r, float(lam), int(s)) for r in regularizers for lam in lams for s in seeds]
+    run_lams = torch.tensor([lam for _, lam, _ in runs], dtype=torch.float64)
+    use_mean = torch.tensor([r == "mean" for r, _, _ in runs])
+    N = len(runs)
+    gens = [torch.Generator().manual_seed(s) for _, _, s in runs]
     net = PopulationQNetwork(N, 1, 1, config.hidden, n_heads=K, generators=gens)
     data = [sine_data(tasks, config.n_train, g, config.noise) for g in gens]
     x = torch.stack([d[0] for d in data])  # [N, K*n, 1]
@@ -597,39 +621,65 @@ def train_supervised(
     test_gen = torch.Generator().manual_seed(10**6 + config.task_seed)
     tx, ty, tt = sine_data(tasks, config.n_test, test_gen)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
-    history: list[dict[str, float]] = []
-    losses = []
+    kinds = [kind for kind in REGULARIZERS if kind in regularizers]
+    losses, penalties = [], []
     for _ in range(config.steps):
         optimizer.zero_grad(set_to_none=True)
         pred = net(x, task_ids).squeeze(-1)
         task_mse = per_task_mean((pred - y).pow(2), task_ids, K)  # [N, K]
         heads = [net.head_parameters(k) for k in range(K)]
-        penalty = _agent_penalty(heads, regularizer)  # [N]
+        per_kind = {kind: _agent_penalty(heads, kind) for kind in kinds}
+        penalty = (
+            torch.where(use_mean, per_kind["mean"], per_kind["l2"])
+            if len(per_kind) == 2
+            else per_kind[kinds[0]]
+        )  # [N]
         loss = task_mse.sum() + (run_lams.float() * penalty).sum()
         loss.backward()
         optimizer.step()
         losses.append(task_mse.detach().sum(1))
-        history.append(
-            {
-                "train_mse": float(task_mse.detach().mean()),
-                "penalty": float(penalty.detach().mean()),
-                "loss": float(loss.detach()) / N,
-            }
-        )
+        penalties.append(penalty.detach())
     with torch.no_grad():
         pred = net(tx.expand(N, -1, -1), tt.expand(N, -1)).squeeze(-1)
         test_mse = per_task_mean((pred - ty).pow(2), tt.expand(N, -1), K)
-    return SupervisedResult(
-        config=config,
-        lams=run_lams,
-        seeds=run_seeds,
-        regularizer=regularizer,
-        history=history,
-        train_loss=torch.stack(losses, dim=1),
-        test_mse=test_mse,
-        network=net,
-        wall_time=time.perf_counter() - start,
-    )
+    train_loss, penalty_path = torch.stack(losses, dim=1), torch.stack(penalties, dim=1)
+    wall_time = time.perf_counter() - start
+    out = {}
+    for name in regularizers:
+        index = torch.tensor([i for i, (r, _, _) in enumerate(runs) if r == name])
+        lam_n = run_lams[index].float().unsqueeze(1)
+        n = len(index)
+        weighted = train_loss[index] + lam_n * penalty_path[index]  # [n, T]
+        history = [
+            {
+                "train_mse": float(train_loss[index, t].mean()) / K,
+                "penalty": float(penalty_path[index, t].mean()),
+                "loss": float(weighted[:, t].sum()) / n,
+            }
+            for t in range(config.steps)
+        ]
+        out[name] = SupervisedResult(
+            config=config,
+            lams=run_lams[index],
+            seeds=torch.tensor([s for r, _, s in runs if r == name]),
+            regularizer=name,
+            history=history,
+            train_loss=train_loss[index],
+            test_mse=test_mse[index],
+            network=_take_population(net, index),
+            wall_time=wall_time,
+        )
+    return out
+
+
+def _take_population(net: PopulationQNetwork, index: torch.Tensor) -> PopulationQNetwork:
+    """A population of the chosen agents of ``net`` (copies of their weights)."""
+    part = PopulationQNetwork(len(index), net.obs_dim, net.n_actions, net.hidden, net.n_heads)
+    with torch.no_grad():
+        for (w, b), (w_all, b_all) in zip(part.layers(), net.layers(), strict=True):
+            w.copy_(w_all[index])
+            b.copy_(b_all[index])
+    return part
 
 
 # ============================================================================================
@@ -643,8 +693,10 @@ REGULARIZERS: tuple[str, ...] = get_args(Regularizer)
 toward their mean (:func:`mean_regularizer`)."""
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 """``"heads"``: shared trunk, one head per task. ``"task_input"``: one head, the task's one-hot
-appended to the observation. ``"shared"``: one head and no task information at all (the
-tasks' conflicting targets are averaged)."""
+appended to the observation. ``"shared"``: the ``task_input`` network with the one-hot always 0,
+so one head and no task information at all (the tasks' conflicting targets are averaged): the
+same network and initialisation as ``task_input``, without what it says, so the two can share a
+population."""
 
 
 @dataclass(frozen=True)
@@ -827,23 +879,26 @@ def _grid_scores(
     obs_table: torch.Tensor,
     solved: dict[GridTask, tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]],
 ) -> torch.Tensor:
-    """Exact normalised return ``[N, K]`` of every agent's greedy policy on every task."""
+    """Exact normalised return ``[N, K]`` of every agent's greedy policy on every task: one
+    batched linear solve ``(I - gamma P_pi) V = r_pi`` for all ``N * K`` policies."""
     N, K = len(agent_tasks), len(agent_tasks[0])
     S = obs_table.shape[0]
     obs = obs_table.repeat(K, 1).unsqueeze(0).expand(N, -1, -1)
     tasks = torch.arange(K).repeat_interleave(S).expand(N, -1)
     with torch.no_grad():
-        q = q_fn(obs, tasks).view(N, K, S, -1).double().cpu()
-    greedy = F.one_hot(q.argmax(-1), q.shape[-1]).double()  # [N, K, S, A]
-    scores = torch.empty(N, K)
-    for a, tasks_a in enumerate(agent_tasks):
-        for k, task in enumerate(tasks_a):
-            P, R, initial, gamma, optimum = solved[task]
-            P_pi = torch.einsum("sa,sat->st", greedy[a, k], P)
-            r_pi = (greedy[a, k] * R).sum(-1)
-            V = torch.linalg.solve(torch.eye(S, dtype=torch.float64) - gamma * P_pi, r_pi)
-            scores[a, k] = float(initial @ V) / optimum
-    return scores
+        q = q_fn(obs, tasks).view(N * K, S, -1).double().cpu()
+    greedy = F.one_hot(q.argmax(-1), q.shape[-1]).double()  # [N * K, S, A]
+    unique = list(dict.fromkeys(t for tasks_a in agent_tasks for t in tasks_a))
+    which = torch.tensor([unique.index(t) for tasks_a in agent_tasks for t in tasks_a])
+    P, R, initial, gamma, optimum = (
+        torch.stack([torch.as_tensor(solved[t][i], dtype=torch.float64) for t in unique])[which]
+        for i in range(5)
+    )
+    P_pi = torch.einsum("nsa,nsat->nst", greedy, P)
+    r_pi = (greedy * R).sum(-1)
+    eye = torch.eye(S, dtype=torch.float64)
+    V = torch.linalg.solve(eye - gamma.view(-1, 1, 1) * P_pi, r_pi)  # [N * K, S]
+    return ((initial * V).sum(-1) / optimum).float().view(N, K)
 
 
 def _solve_grid(task: GridTask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
@@ -854,6 +909,100 @@ def _solve_grid(task: GridTask) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return mdp.P, mdp.R, mdp.initial, mdp.gamma, float(mdp.initial @ V)
 
 
+@dataclass(frozen=True)
+class _AgentPenalties:
+    """Per-agent penalty settings ``[N]``: weight, kind of head penalty, trunk included."""
+
+    lams: torch.Tensor  # float64
+    mean: torch.Tensor  # bool: mean_regularizer instead of weight decay on the heads
+    trunk: torch.Tensor  # bool: also lam * ||trunk||^2
+
+
+def _per_agent(values: Sequence[Any] | None, default: Any, n_agents: int, name: str) -> list[Any]:
+    if values is None:
+        return [default] * n_agents
+    values = list(values)
+    if len(values) != n_agents:
+        raise ValueError(f"got {len(values)} {name} for {n_agents} agents; give one per agent")
+    return values
+
+
+def _agent_penalties(
+    config: MultiTaskConfig,
+    n_agents: int,
+    lams: Sequence[float] | None,
+    regularizers: Sequence[str] | None,
+    penalize_trunk: Sequence[bool] | None,
+) -> _AgentPenalties:
+    run_lams = [float(x) for x in _per_agent(lams, config.lam, n_agents, "lams")]
+    kinds = _per_agent(regularizers, config.regularizer, n_agents, "regularizers")
+    trunk = _per_agent(penalize_trunk, config.penalize_trunk, n_agents, "penalize_trunk")
+    if any(kind not in REGULARIZERS for kind in kinds) or min(run_lams) < 0:
+        raise ValueError("each regularizer must be 'l2' or 'mean' and each lam non-negative")
+    return _AgentPenalties(
+        lams=torch.tensor(run_lams, dtype=torch.float64),
+        mean=torch.tensor([kind == "mean" for kind in kinds]),
+        trunk=torch.tensor([bool(t) for t in trunk]),
+    )
+
+
+def _penalty_fn(
+    settings: _AgentPenalties, n_heads: int, device: torch.device
+) -> Callable[[PopulationQNetwork], torch.Tensor] | None:
+    """``penalty(q_net) -> [N]``, each agent's ``lam * R`` (None when every lam is 0).
+
+    Only the kinds some agent uses are computed; an agent's penalty is exactly that of a
+    population where every agent has its settings.
+    """
+    if not bool(settings.lams.any()):
+        return None
+    lams = settings.lams.float().to(device)
+    mean, trunk = settings.mean.to(device), settings.trunk.float().to(device)
+    kinds = [k for k, used in (("l2", ~settings.mean), ("mean", settings.mean)) if used.any()]
+    any_trunk = bool(settings.trunk.any())
+
+    def penalty(q_net: PopulationQNetwork) -> torch.Tensor:
+        heads = [q_net.head_parameters(k) for k in range(n_heads)]
+        per_kind = {kind: _agent_penalty(heads, kind) for kind in kinds}
+        if len(per_kind) == 1:
+            total = next(iter(per_kind.values()))
+        else:
+            total = torch.where(mean, per_kind["mean"], per_kind["l2"])
+        if any_trunk:  # the shared layers are one parameter set: plain weight decay
+            total = total + trunk * _agent_penalty([q_net.trunk_parameters()], "l2")
+        return lams * total
+
+    return penalty
+
+
+def _score_fn(
+    agent_tasks: Sequence[Sequence[Any]],
+    seeds: Sequence[int],
+    config: MultiTaskConfig,
+    envs: FamilyEnvs,
+    device: torch.device,
+) -> tuple[Callable[[Any, int], torch.Tensor], FamilyEnvs | None]:
+    """``(score, eval_envs)``: exact scores for the grid family (no envs), else greedy
+    episodes on their own envs (to be closed by the caller)."""
+    N, K = len(agent_tasks), len(agent_tasks[0])
+    flat_tasks = [t for tasks in agent_tasks for t in tasks]
+    if isinstance(flat_tasks[0], GridTask):
+        obs_table = torch.from_numpy(envs.env.observations()).to(device)
+        solved = {task: _solve_grid(task) for task in set(flat_tasks)}
+
+        def grid_score(q_fn: Any, index: int) -> torch.Tensor:
+            return _grid_scores(q_fn, agent_tasks, obs_table, solved)
+
+        return grid_score, None
+    eval_envs = FamilyEnvs(_family_env(flat_tasks, config.eval_episodes), N, K)
+
+    def episode_score(q_fn: Any, index: int) -> torch.Tensor:
+        returns = greedy_returns(q_fn, eval_envs, seeds, index, device)
+        return returns.view(N, K, config.eval_episodes).mean(-1)
+
+    return episode_score, eval_envs
+
+
 def train_multitask_dqn(
     agent_tasks: Sequence[Sequence[GridTask | CartPoleTask]],
     seeds: Sequence[int],
@@ -861,6 +1010,9 @@ def train_multitask_dqn(
     lams: Sequence[float] | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
+    regularizers: Sequence[str] | None = None,
+    penalize_trunk: Sequence[bool] | None = None,
+    architectures: Sequence[str] | None = None,
 ) -> MultiTaskResult:
     """Train ``N`` multi-task DQN agents at once; agent ``a`` learns the K tasks ``agent_tasks[a]``.
 
@@ -873,8 +1025,11 @@ def train_multitask_dqn(
     ``sum_k L_k + lam * R(heads)`` of :func:`multitask_loss` (or with :func:`mean_regularizer`),
     where ``L_k`` is the mean Huber TD loss over the batch rows of task ``k``. With
     ``use_pcgrad`` the trunk's gradient is :func:`pcgrad` of the tasks' trunk gradients instead
-    of their sum. The agents are independent; they are only computed together. Single-task
-    agents are the case ``K = 1``.
+    of their sum. The agents are independent; they are only computed together, so agents that
+    differ only in their penalty (``lams``, ``regularizers``, ``penalize_trunk``), or one-head
+    agents that differ in whether they see the task (``architectures``: ``"task_input"`` and
+    ``"shared"``), can share one call (:func:`train_variants`). Single-task agents are the case
+    ``K = 1``.
 
     Args:
         agent_tasks: ``N`` sequences of ``K`` tasks (all grid tasks on one layout, or all
@@ -884,6 +1039,10 @@ def train_multitask_dqn(
         lams: ``N`` penalty weights (default: ``config.lam`` for every agent).
         device: Torch device (:func:`course.population.default_device`).
         progress: Show a progress bar.
+        regularizers: ``N`` of ``"l2"`` and ``"mean"`` (default: ``config.regularizer``).
+        penalize_trunk: ``N`` flags (default: ``config.penalize_trunk``).
+        architectures: ``N`` architectures (default: ``config.architecture``): all ``"heads"``,
+            or any mix of ``"task_input"`` and ``"shared"``.
 
     Returns:
         A :class:`MultiTaskResult`.
@@ -896,45 +1055,32 @@ def train_multitask_dqn(
     if K == 0 or any(len(t) != K for t in agent_tasks):
         raise ValueError("every agent needs the same (non-zero) number of tasks")
     seeds = [int(s) for s in seeds]
-    run_lams = torch.tensor(
-        [cfg.lam] * N if lams is None else [float(x) for x in lams], dtype=torch.float64
-    )
-    if len(run_lams) != N:
-        raise ValueError(f"got {len(run_lams)} lams for {N} agents")
+    settings = _agent_penalties(cfg, N, lams, regularizers, penalize_trunk)
     task_lrs = cfg.task_lrs if cfg.task_lrs is not None else (cfg.lr,) * K
     if len(task_lrs) != K:
         raise ValueError(f"task_lrs has {len(task_lrs)} entries for {K} tasks; give one per task")
     flat_tasks = [t for tasks in agent_tasks for t in tasks]
     envs = FamilyEnvs(_family_env(flat_tasks, cfg.envs_per_task), N, K)
-    n_heads = K if cfg.architecture == "heads" else 1
-    lam_dev = run_lams.float().to(device)
+    archs = _per_agent(architectures, cfg.architecture, N, "architectures")
+    if len(set(archs)) > 1 and "heads" in archs or any(a not in ARCHITECTURES for a in archs):
+        raise ValueError(
+            f"architectures {sorted(set(archs))}: 'heads' agents need a population of their "
+            "own; 'task_input' and 'shared' (one head each) can share one"
+        )
+    one_head = archs[0] != "heads"
+    n_heads = 1 if one_head else K
+    sees_task = torch.tensor([a == "task_input" for a in archs], device=device)
+    blind = bool((~sees_task).any())
 
     def inputs(obs: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
-        if cfg.architecture == "task_input":
-            return torch.cat([obs, F.one_hot(tasks, K).to(obs.dtype)], dim=-1)
-        return obs
+        if not one_head:
+            return obs
+        one_hot = F.one_hot(tasks, K).to(obs.dtype)  # [N, B, K]
+        if blind:  # the shared agents' task input is always 0
+            one_hot = one_hot * sees_task.view(-1, 1, 1)
+        return torch.cat([obs, one_hot], dim=-1)
 
-    def penalty(q_net: PopulationQNetwork) -> torch.Tensor:
-        heads = [q_net.head_parameters(k) for k in range(n_heads)]
-        total = _agent_penalty(heads, cfg.regularizer)
-        if cfg.penalize_trunk:  # the shared layers are one parameter set: plain weight decay
-            total = total + _agent_penalty([q_net.trunk_parameters()], "l2")
-        return lam_dev * total
-
-    eval_envs = None
-    if isinstance(flat_tasks[0], GridTask):
-        obs_table = torch.from_numpy(envs.env.observations()).to(device)
-        solved = {task: _solve_grid(task) for task in set(flat_tasks)}
-
-        def score(q_fn: Any, index: int) -> torch.Tensor:
-            return _grid_scores(q_fn, agent_tasks, obs_table, solved)
-    else:
-        eval_envs = FamilyEnvs(_family_env(flat_tasks, cfg.eval_episodes), N, K)
-
-        def score(q_fn: Any, index: int) -> torch.Tensor:
-            returns = greedy_returns(q_fn, eval_envs, seeds, index, device)
-            return returns.view(N, K, cfg.eval_episodes).mean(-1)
-
+    score, eval_envs = _score_fn(agent_tasks, seeds, cfg, envs, device)
     agents = Agents(
         seeds=tuple(seeds),
         envs=envs,
@@ -942,8 +1088,8 @@ def train_multitask_dqn(
         score=score,
         n_heads=n_heads,
         inputs=inputs,
-        input_dim=envs.obs_dim + (K if cfg.architecture == "task_input" else 0),
-        penalty=penalty if bool(run_lams.any()) else None,
+        input_dim=envs.obs_dim + (K if one_head else 0),
+        penalty=_penalty_fn(settings, n_heads, device),
         head_lrs=tuple(task_lrs[:n_heads]),
         pcgrad=cfg.use_pcgrad,
         noise_baseline=cfg.noise_baseline,
@@ -956,6 +1102,19 @@ def train_multitask_dqn(
         envs.close()
         if eval_envs is not None:
             eval_envs.close()
+    return _result_from_run(run, cfg, seeds, settings.lams, agent_tasks)
+
+
+def _result_from_run(
+    run: Any,
+    config: MultiTaskConfig,
+    seeds: Sequence[int],
+    lams: torch.Tensor,
+    agent_tasks: Sequence[Sequence[Any]],
+) -> MultiTaskResult:
+    """A :class:`MultiTaskResult` from a :class:`course.population.PopulationRun` whose steps
+    count every task (``K`` environment steps per step of each task)."""
+    K = len(agent_tasks[0])
     history = [
         {
             "step": float(run.steps[t] // K),
@@ -968,9 +1127,9 @@ def train_multitask_dqn(
         for t in range(len(run.steps))
     ]
     return MultiTaskResult(
-        config=cfg,
-        seeds=torch.tensor(seeds),
-        lams=run_lams,
+        config=config,
+        seeds=torch.tensor(list(seeds)),
+        lams=lams,
         task_names=[[t.name for t in tasks] for tasks in agent_tasks],
         steps=run.steps // K,
         scores=run.scores,
@@ -979,6 +1138,92 @@ def train_multitask_dqn(
         network=run.network.cpu(),
         wall_time=run.wall_time,
         same_task=run.same_task,
+    )
+
+
+_PER_AGENT = {
+    "lam": "lams",
+    "regularizer": "regularizers",
+    "penalize_trunk": "penalize_trunk",
+    "architecture": "architectures",
+}
+
+
+def train_variants(
+    tasks: Sequence[GridTask | CartPoleTask],
+    seeds: Sequence[int],
+    config: MultiTaskConfig,
+    variants: dict[str, dict[str, Any]],
+    device: torch.device | str | None = None,
+) -> dict[str, MultiTaskResult]:
+    """Train every variant of ``config`` with every seed in one population, one result each.
+
+    Taught in Lesson 04. A variant changes only what can differ between the agents of one
+    population: ``lam``, ``regularizer``, ``penalize_trunk``, and ``architecture`` between
+    ``"task_input"`` and ``"shared"`` (``"heads"`` variants need a call of their own). One call
+    costs much less than one per variant (the trainer's cost is mostly per update, shared by the
+    whole population), and each agent's numbers depend only on its own seed and settings.
+
+    Args:
+        tasks: The ``K`` tasks of every agent.
+        seeds: The seeds, the same for every variant (so the variants pair up seed by seed).
+        config: The configuration every variant starts from.
+        variants: Name -> the fields of ``config`` it changes (``{}`` for ``config`` itself).
+        device: Torch device.
+
+    Returns:
+        Name -> the :class:`MultiTaskResult` of that variant's agents (its ``config`` with the
+        changes applied), in the order of ``variants``.
+
+    Example:
+        >>> variants = {"heads": {}, "l2 lam=0.1": {"lam": 0.1}}  # doctest: +SKIP
+    """
+    seeds = [int(s) for s in seeds]
+    configs = {}
+    for name, changes in variants.items():
+        other = sorted(set(changes) - set(_PER_AGENT))
+        if other:
+            raise ValueError(
+                f"variant {name!r} changes {', '.join(other)}; only {', '.join(_PER_AGENT)} can "
+                "differ within one population: train the others with their own call"
+            )
+        configs[name] = dataclasses.replace(config, **changes)
+    agents = [(name, s) for name in configs for s in seeds]
+    overrides = {
+        arg: [getattr(configs[name], field) for name, _ in agents]
+        for field, arg in _PER_AGENT.items()
+    }
+    first = configs[agents[0][0]]  # the population's architecture: its number of heads
+    run = train_multitask_dqn(
+        [list(tasks)] * len(agents), [s for _, s in agents], first, device=device, **overrides
+    )
+    n = len(seeds)
+    return {
+        name: dataclasses.replace(take_agents(run, range(i * n, (i + 1) * n)), config=cfg)
+        for i, (name, cfg) in enumerate(configs.items())
+    }
+
+
+def take_agents(result: MultiTaskResult, agents: Sequence[int]) -> MultiTaskResult:
+    """The chosen agents of a result, in the order given (the inverse of
+    :func:`concat_results`); ``history`` is re-averaged over them only where it can be (the
+    scores), and ``wall_time`` is the run's."""
+    index = torch.as_tensor(list(agents), dtype=torch.long)
+    if len(index) == 0 or int(index.min()) < 0 or int(index.max()) >= len(result.seeds):
+        raise ValueError(f"agents must be indices in [0, {len(result.seeds)}), at least one")
+    part = _take_population(result.network, index)
+    scores = result.scores[index]
+    history = [dict(row, score=float(scores[:, t].mean())) for t, row in enumerate(result.history)]
+    return dataclasses.replace(
+        result,
+        seeds=result.seeds[index],
+        lams=result.lams[index],
+        task_names=[result.task_names[i] for i in index.tolist()],
+        scores=scores,
+        conflict=result.conflict[index],
+        history=history,
+        network=part,
+        same_task=None if result.same_task is None else result.same_task[index],
     )
 
 
@@ -1547,10 +1792,13 @@ def dodge(net: MultiHeadQNetwork, obs: torch.Tensor, c: float) -> Dodge:
 LESSON_CONFIG = MultiTaskConfig(
     steps_per_task=3_000,
     envs_per_task=4,
-    lr=3e-3,
-    updates_per_step=0.0625,
+    lr=5e-3,
+    updates_per_step=0.03125,
     buffer_size=5_000,
     batch_size=128,
-    target_update_interval=50,
+    target_update_interval=25,
 )
-"""The grid-family configuration of Lesson 04 (a few seconds per arm of 10 seeds on one core)."""
+"""The grid-family configuration of Lesson 04 (about two seconds per arm of 10 seeds on one
+core): 375 updates of 128 rows over the 12,000 steps of an agent. The trainer's cost is mostly
+per update, so few updates at a larger learning rate, with the target network copied every 25,
+learn nearly as much per environment step as twice as many at a smaller one."""

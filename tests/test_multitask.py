@@ -466,3 +466,100 @@ def test_concat_results_joins_the_agents_of_two_runs():
     with pytest.raises(ValueError, match="steps"):
         longer = dataclasses.replace(TINY, steps_per_task=600)
         mt.concat_results([a, train_multitask_dqn([tasks], [0], longer)])
+
+
+# --- one population for several variants -------------------------------------------------------
+
+
+def test_variants_in_one_population_match_their_own_runs():
+    tasks = grid_tasks(start="uniform")[:2]
+    variants = {
+        "plain": {},
+        "l2": {"lam": 0.1},
+        "mean": {"lam": 0.1, "regularizer": "mean"},
+        "trunk": {"lam": 0.1, "penalize_trunk": True},
+    }
+    together = mt.train_variants(tasks, [0, 1], TINY, variants)
+    assert list(together) == list(variants)
+    for name, changes in variants.items():
+        alone = train_multitask_dqn([tasks, tasks], [0, 1], dataclasses.replace(TINY, **changes))
+        part = together[name]
+        assert part.config == alone.config and part.seeds.tolist() == [0, 1]
+        torch.testing.assert_close(part.scores, alone.scores)
+        torch.testing.assert_close(part.conflict, alone.conflict, equal_nan=True)
+        for p, q in zip(part.network.parameters(), alone.network.parameters(), strict=True):
+            torch.testing.assert_close(p, q)
+    assert together["l2"].lams.tolist() == [0.1, 0.1]
+
+
+def test_variants_refuse_what_cannot_differ_within_a_population():
+    tasks = grid_tasks(start="uniform")[:2]
+    with pytest.raises(ValueError, match="use_pcgrad"):
+        mt.train_variants(tasks, [0], TINY, {"a": {}, "b": {"use_pcgrad": True}})
+    with pytest.raises(ValueError, match="'heads' agents need a population of their own"):
+        mt.train_variants(tasks, [0], TINY, {"a": {}, "b": {"architecture": "shared"}})
+    with pytest.raises(ValueError, match="regularizers"):
+        train_multitask_dqn([tasks, tasks], [0, 1], TINY, regularizers=["l2"])
+    with pytest.raises(ValueError, match="'l2' or 'mean'"):
+        train_multitask_dqn([tasks], [0], TINY, lams=[0.1], regularizers=["l1"])
+
+
+def test_take_agents_is_the_inverse_of_concat_results():
+    tasks = grid_tasks(start="uniform")[:2]
+    a = train_multitask_dqn([tasks], [0], TINY)
+    b = train_multitask_dqn([tasks, tasks], [1, 2], TINY, lams=[0.1, 0.1])
+    both = mt.concat_results([a, b])
+    back = mt.take_agents(both, [1, 2])
+    assert back.seeds.tolist() == [1, 2] and back.lams.tolist() == [0.1, 0.1]
+    torch.testing.assert_close(back.scores, b.scores)
+    torch.testing.assert_close(back.network.agent_state_dict(1), b.network.agent_state_dict(1))
+    assert back.history[-1]["score"] == pytest.approx(float(b.scores[:, -1].mean()))
+    with pytest.raises(ValueError, match="indices"):
+        mt.take_agents(both, [3])
+
+
+def test_grid_scores_are_the_exact_value_of_each_greedy_policy():
+    from course.mdp import greedy_policy, policy_evaluation, value_iteration
+
+    tasks = grid_tasks(start="uniform")[:3]
+    agent_tasks = [tasks, tasks[::-1]]
+    gens = seeded_generators([5, 6], Purpose.INIT)
+    net = PopulationQNetwork(2, 45, 4, (16,), n_heads=3, generators=gens)
+    obs_table = mt.grid_observations(tasks)
+    solved = {t: mt._solve_grid(t) for t in tasks}
+    scores = mt._grid_scores(net, agent_tasks, obs_table, solved)
+    for a, tasks_a in enumerate(agent_tasks):
+        for k, task in enumerate(tasks_a):
+            mdp = task.mdp()
+            q = net(obs_table.unsqueeze(0).expand(2, -1, -1), torch.full((2, 45), k))[a]
+            V = policy_evaluation(mdp, greedy_policy(q.detach().double()))
+            optimum = float(mdp.initial @ value_iteration(mdp)[0])
+            assert float(scores[a, k]) == pytest.approx(float(mdp.initial @ V) / optimum, abs=1e-5)
+
+
+def test_supervised_sweep_trains_each_regulariser_as_train_supervised_does():
+    cfg = SupervisedConfig(steps=30)
+    both = mt.supervised_sweep(cfg, lams=(0.0, 1.0), seeds=(0, 1))
+    for name in ("l2", "mean"):
+        alone = train_supervised(cfg, lams=(0.0, 1.0), seeds=(0, 1), regularizer=name)
+        torch.testing.assert_close(both[name].test_mse, alone.test_mse)
+        torch.testing.assert_close(both[name].train_loss, alone.train_loss)
+        assert both[name].regularizer == name and both[name].lams.tolist() == [0.0, 0.0, 1.0, 1.0]
+        assert both[name].history[-1] == pytest.approx(alone.history[-1])
+    with pytest.raises(ValueError, match="regularizers"):
+        mt.supervised_sweep(cfg, regularizers=("l1",))
+
+
+def test_task_input_and_shared_agents_share_a_population():
+    tasks = grid_tasks(start="uniform")[:2]
+    one_head = {"task_input": {"architecture": "task_input"}, "shared": {"architecture": "shared"}}
+    together = mt.train_variants(tasks, [0, 1], TINY, one_head)
+    for name, changes in one_head.items():
+        alone = train_multitask_dqn([tasks, tasks], [0, 1], dataclasses.replace(TINY, **changes))
+        torch.testing.assert_close(together[name].scores, alone.scores)
+        assert together[name].config.architecture == name
+    # a shared agent's task input is always 0: its first layer's task columns never move
+    gens = seeded_generators([0], Purpose.INIT)
+    fresh = PopulationQNetwork(1, 47, 4, TINY.hidden, generators=gens).agent_state_dict(0)
+    trained = together["shared"].network.agent_state_dict(0)["trunk.0.weight"]
+    torch.testing.assert_close(trained[:, 45:], fresh["trunk.0.weight"][:, 45:])
