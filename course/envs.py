@@ -1207,14 +1207,16 @@ class GridFamilyVectorEnv(_GridObservations, gym.vector.VectorEnv):
         self.render_mode = None
         self.task_ids = np.repeat(np.arange(len(tasks), dtype=np.int64), envs_per_task)
 
-        mdps = [t.mdp() for t in tasks]
-        tables = [_grid_tables(t, m) for t, m in zip(tasks, mdps, strict=True)]
+        # Each distinct task is built once: a population repeats the same few tasks per agent.
+        mdps = {t: t.mdp() for t in dict.fromkeys(tasks)}
+        built = {t: _grid_tables(t, m) for t, m in mdps.items()}
+        tables = [built[t] for t in tasks]
         self._next_state = np.stack([t.next_state for t in tables])
         self._cum_prob = np.stack([t.cum_prob for t in tables])
         self._reward = np.stack([t.reward for t in tables])
         self._terminal = np.stack([t.terminal for t in tables])
         self._initial_cum = np.stack([t.initial_cum for t in tables])
-        self._obs_table = _grid_observation_table(tasks[0], mdps[0], obs_mode)
+        self._obs_table = _grid_observation_table(tasks[0], mdps[tasks[0]], obs_mode)
 
         self.single_action_space = gym.spaces.Discrete(4)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
