@@ -334,12 +334,23 @@ def _layer_outputs(obs: torch.Tensor, params: Sequence[torch.Tensor]) -> list[to
     ``params`` alternates weights ``[N, out, in]`` and biases ``[N, 1, out]``; ReLU after every
     layer but the last.
     """
+    return _mlp_outputs(obs, _transposed(params))
+
+
+def _transposed(params: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(weight [N, in, out], bias [N, 1, out])`` of every layer, the weights as views."""
+    return [(w.transpose(1, 2), b) for w, b in zip(params[0::2], params[1::2], strict=True)]
+
+
+def _mlp_outputs(
+    obs: torch.Tensor, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> list[torch.Tensor]:
+    """:func:`_layer_outputs` from :func:`_transposed` layers (kept by the trainer, which reads
+    the same weights thousands of times)."""
     outputs = [obs]
-    n_layers = len(params) // 2
-    for layer in range(n_layers):
-        w, b = params[2 * layer], params[2 * layer + 1]
-        x = torch.baddbmm(b, outputs[-1], w.transpose(1, 2))
-        outputs.append(x.relu_() if layer < n_layers - 1 else x)
+    for layer, (w_t, b) in enumerate(layers):
+        x = torch.baddbmm(b, outputs[-1], w_t)
+        outputs.append(x.relu_() if layer < len(layers) - 1 else x)
     return outputs
 
 
@@ -420,11 +431,10 @@ def clip_grad_norm_per_agent_(params: Sequence[torch.Tensor], max_norm: float) -
         ``[N]`` the norms before clipping.
     """
     grads = [p.grad for p in params]
-    norms = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0).sqrt()
+    norms = torch.stack([g.flatten(1).sum(1) for g in torch._foreach_pow(grads, 2)]).sum(0).sqrt()
     if max_norm < float("inf"):
         scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-        for g in grads:
-            g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
+        torch._foreach_mul_(grads, [scale.view(-1, *([1] * (g.dim() - 1))) for g in grads])
     return norms
 
 
@@ -1001,11 +1011,16 @@ class _Trainer:
             and not agents.pcgrad
         )
         self.q_params = [t for pair in self.q_net.layers() for t in pair]
-        self.target_params = [t for pair in self.target_net.layers() for t in pair]
+        # views of the weights, which every update changes in place
+        self.q_layers = _transposed([p.detach() for p in self.q_params])
+        target = [t.detach() for pair in self.target_net.layers() for t in pair]
+        self.target_layers = _transposed(target)
         self.row_weight: torch.Tensor | None = None  # d(mean)/d(row), as autograd computes it
 
     def q_values(self, net: nn.Module, obs: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         """``[N, B, A]`` of a network on observations ``[N, B, D]`` of tasks ``[N, B]``."""
+        if self.plain and net is self.q_net:  # the network's forward without its checks
+            return _mlp_outputs(obs, self.q_layers)[-1]
         inputs = self.agents.inputs
         return net(obs if inputs is None else inputs(obs, tasks), tasks)
 
@@ -1015,16 +1030,16 @@ class _Trainer:
 
         cfg = self.cfg
 
-        def q_next(net: nn.Module, params: list[nn.Parameter]) -> torch.Tensor:
+        def q_next(net: nn.Module, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
             if self.plain:  # the network's forward without its checks
-                return _layer_outputs(batch.next_obs, params)[-1]
+                return _mlp_outputs(batch.next_obs, layers)[-1]
             return self.q_values(net, batch.next_obs, batch.tasks)
 
         with torch.no_grad():
-            next_target = q_next(self.target_net, self.target_params)
+            next_target = q_next(self.target_net, self.target_layers)
             if not cfg.double_dqn:
                 return td_target(batch.rewards, next_target, batch.terminated, cfg.gamma)
-            next_online = q_next(self.q_net, self.q_params)
+            next_online = q_next(self.q_net, self.q_layers)
             return double_td_target(
                 batch.rewards, next_online, next_target, batch.terminated, cfg.gamma
             )
@@ -1057,7 +1072,7 @@ class _Trainer:
         Only for the plain case: one task and head, no ``inputs``, penalty or PCGrad.
         """
         targets = self.td_targets(batch)
-        outputs = _layer_outputs(batch.obs, self.q_params)
+        outputs = _mlp_outputs(batch.obs, self.q_layers)
         index = batch.actions.unsqueeze(-1)
         taken = outputs[-1].gather(-1, index).squeeze(-1)
         rows = F.smooth_l1_loss(taken, targets, reduction="none")
