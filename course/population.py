@@ -901,6 +901,8 @@ class FusedAdam:
             }
             for ps in (g["params"] for g in self.param_groups)
         ]
+        self._all_params = [p for group in self.param_groups for p in group["params"]]
+        self._all_state = {k: [t for s in self.state for t in s[k]] for k in self.state[0]}
 
     def zero_grad(self) -> None:
         """Drop every gradient (``set_to_none``)."""
@@ -911,25 +913,32 @@ class FusedAdam:
     @torch.no_grad()
     def step(self) -> None:
         """One Adam step of every parameter (all must have a gradient)."""
+        lrs = {float(group["lr"]) for group in self.param_groups}
+        if len(lrs) == 1:  # one kernel call for all groups: the same numbers, tensor by tensor
+            self._step(self._all_params, self._all_state, lrs.pop())
+            return
         for group, state in zip(self.param_groups, self.state, strict=True):
-            torch._foreach_add_(state["step"], 1)
-            torch._fused_adam_(
-                group["params"],
-                [p.grad for p in group["params"]],
-                state["exp_avg"],
-                state["exp_avg_sq"],
-                [],
-                state["step"],
-                amsgrad=False,
-                lr=float(group["lr"]),
-                beta1=self.betas[0],
-                beta2=self.betas[1],
-                weight_decay=0.0,
-                eps=self.eps,
-                maximize=False,
-                grad_scale=None,
-                found_inf=None,
-            )
+            self._step(group["params"], state, float(group["lr"]))
+
+    def _step(self, params: list[torch.Tensor], state: dict[str, list], lr: float) -> None:
+        torch._foreach_add_(state["step"], 1)
+        torch._fused_adam_(
+            params,
+            [p.grad for p in params],
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            [],
+            state["step"],
+            amsgrad=False,
+            lr=lr,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            weight_decay=0.0,
+            eps=self.eps,
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
+        )
 
 
 _STATS = ("loss", "q_mean", "penalty")  # the statistics of every update

@@ -356,7 +356,7 @@ class PopulationReplay:
             terminated.unsqueeze(-1),
             (torch.zeros_like(actions) if tasks is None else tasks).unsqueeze(-1),
         ]
-        packed = torch.cat([c.to(torch.float32) for c in columns], dim=-1)
+        packed = torch.cat(columns, dim=-1)  # promoted to a float type, stored as float32
         self.rows[slots[valid]] = packed[valid]
         count = valid.sum(1)
         self.cursor = (self.cursor + count) % self.capacity

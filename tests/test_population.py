@@ -265,14 +265,15 @@ def test_one_task_multitask_agent_runs_with_no_conflict():
     assert result.history[-1]["step"] == 400.0
 
 
-def test_fused_adam_gives_torch_adams_numbers():
+@pytest.mark.parametrize("head_lr", [3e-3, 1e-2])  # groups of different and of equal rates
+def test_fused_adam_gives_torch_adams_numbers(head_lr):
     gen = torch.Generator().manual_seed(0)
     ours = [torch.randn(3, 4, generator=gen).requires_grad_() for _ in range(2)]
     theirs = [p.detach().clone().requires_grad_() for p in ours]
-    groups = [{"params": ours[:1], "lr": 1e-2}, {"params": ours[1:], "lr": 3e-3}]
+    groups = [{"params": ours[:1], "lr": 1e-2}, {"params": ours[1:], "lr": head_lr}]
     mine = FusedAdam(groups)
     torch_adam = torch.optim.Adam(
-        [{"params": theirs[:1], "lr": 1e-2}, {"params": theirs[1:], "lr": 3e-3}], fused=True
+        [{"params": theirs[:1], "lr": 1e-2}, {"params": theirs[1:], "lr": head_lr}], fused=True
     )
     for step in range(5):
         grads = [torch.randn(3, 4, generator=gen) for _ in ours]
