@@ -14,9 +14,15 @@ The module reads top to bottom:
    :class:`PopulationQNetwork` (the fast hand-written backward), :func:`network_sizes` (the one
    state-dict parser), :func:`clip_grad_norm_per_agent_`;
 3. the environments of a population: :class:`AgentEnvs` (a vector env per agent, from a
-   factory) and :class:`FamilyEnvs` (one task-family env for every agent and task);
+   factory; gymnasium's CartPoles stepped together) and :class:`FamilyEnvs` (one task-family
+   env for every agent and task);
 4. the loop: :class:`Agents` (what differs per agent: data and hooks), :class:`TrainerConfig`
    (hyperparameters), :func:`train_population`.
+
+Speed comes from doing each step's work in few tensor operations, never from changing it: the
+stacked CartPoles, the plain single-task update without autograd and the cached weight views
+give the floats the straightforward code gives (tests compare them bit for bit), because the
+course's stored results must not move when the trainer gets faster.
 """
 
 from __future__ import annotations
@@ -542,7 +548,7 @@ class _StackedCartPoles:
         first = envs[0]
         return all(
             env.kinematics_integrator == "euler"
-            and not env._sutton_barto_reward
+            and not getattr(env, "_sutton_barto_reward", False)
             and env.num_envs == first.num_envs
             and all(getattr(env, k) == getattr(first, k) for k in cls._PHYSICS + cls._LIMITS)
             for env in envs
@@ -1021,6 +1027,7 @@ class _Trainer:
         )
         self.q_params = [t for pair in self.q_net.layers() for t in pair]
         # views of the weights, which every update changes in place
+        self.q_weights = [p.detach() for p in self.q_params[0::2]]
         self.q_layers = _transposed([p.detach() for p in self.q_params])
         target = [t.detach() for pair in self.target_net.layers() for t in pair]
         self.target_layers = _transposed(target)
@@ -1049,9 +1056,9 @@ class _Trainer:
             if not cfg.double_dqn:
                 return td_target(batch.rewards, next_target, batch.terminated, cfg.gamma)
             next_online = q_next(self.q_net, self.q_layers)
-            return double_td_target(
-                batch.rewards, next_online, next_target, batch.terminated, cfg.gamma
-            )
+        return double_td_target(
+            batch.rewards, next_online, next_target, batch.terminated, cfg.gamma
+        )
 
     def task_losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``([N, K] mean Huber TD loss over each task's rows, [N] mean Q of taken actions)``.
@@ -1069,7 +1076,6 @@ class _Trainer:
             return rows.mean(-1, keepdim=True), taken.detach().mean(-1)
         return per_task_mean(rows, batch.tasks, self.n_tasks), taken.detach().mean(-1)
 
-    @torch.no_grad()
     def plain_gradients(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`task_losses` of one task and its gradients (set as ``.grad``), without autograd.
 
@@ -1078,7 +1084,8 @@ class _Trainer:
         actions and sent through :func:`_mlp_backward`; the same operations on the same
         tensors, so the same floats (a test checks it), without building the graph (autograd's
         bookkeeping was a third of an update's time on the course's small networks).
-        Only for the plain case: one task and head, no ``inputs``, penalty or PCGrad.
+        Only for the plain case: one task and head, no ``inputs``, penalty or PCGrad. It reads
+        the weights through detached views, so no operation here records a graph.
         """
         targets = self.td_targets(batch)
         outputs = _mlp_outputs(batch.obs, self.q_layers)
@@ -1090,7 +1097,7 @@ class _Trainer:
         d_taken = (taken - targets).clamp_(-1.0, 1.0).mul_(self.row_weight)
         d_q = torch.zeros_like(outputs[-1]).scatter_add_(-1, index, d_taken.unsqueeze(-1))
         needs = [False, *(p.requires_grad for p in self.q_params)]
-        grads = _mlp_backward(outputs[:-1], self.q_params[0::2], d_q, needs)
+        grads = _mlp_backward(outputs[:-1], self.q_weights, d_q, needs)
         for p, g in zip(self.q_params, grads[1:], strict=True):
             if g is not None:
                 p.grad = g.contiguous()
