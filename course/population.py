@@ -494,7 +494,8 @@ class AgentEnvs:
     When every env is gymnasium's plain ``CartPoleVectorEnv`` (``cartpole_vec``), the agents'
     CartPoles are stepped together by :class:`_StackedCartPoles`: one numpy call over all
     ``N * B`` rows instead of ``N`` calls, with each agent's own reset generator, so every
-    episode is the one ``envs[a].step`` would give (a test checks it bit for bit).
+    episode is the one ``envs[a].step`` would give (a test checks it bit for bit). The state
+    then lives here: step the envs through this object only.
     """
 
     def __init__(self, envs: Sequence[VectorEnv]) -> None:
