@@ -437,10 +437,13 @@ def clip_grad_norm_per_agent_(params: Sequence[torch.Tensor], max_norm: float) -
         ``[N]`` the norms before clipping.
     """
     grads = [p.grad for p in params]
-    norms = torch.stack([g.flatten(1).sum(1) for g in torch._foreach_pow(grads, 2)]).sum(0).sqrt()
+    squares = torch._foreach_pow(grads, 2)
+    per_agent = [s.sum(tuple(range(1, s.dim()))) if s.dim() > 1 else s for s in squares]
+    norms = torch.stack(per_agent).sum(0).sqrt()
     if max_norm < float("inf"):
         scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-        torch._foreach_mul_(grads, [scale.view(-1, *([1] * (g.dim() - 1))) for g in grads])
+        shaped = {g.dim(): scale.view(-1, *([1] * (g.dim() - 1))) for g in grads}
+        torch._foreach_mul_(grads, [shaped[g.dim()] for g in grads])
     return norms
 
 
