@@ -63,8 +63,7 @@ the two run alternately on a shared machine whose speed drifted by tens of perce
 run, so only the ratios mean anything): CPU seconds, old -> new, 5 seeds (100-104) 59.0 -> 54.0
 (1.09x) and 78.8 -> 48.5 (1.62x), 10 seeds (100-109) 102.0 -> 78.6 (1.30x); the step before the
 last two small changes measured 53.3 -> 39.0 (1.37x) and 84.6 -> 61.1 (1.38x). The gains: the
-agents'
-CartPoles stepped in one numpy call (:class:`course.population.AgentEnvs`), the plain
+agents' CartPoles stepped in one numpy call (:class:`course.population.AgentEnvs`), the plain
 single-task update without autograd, fewer tensor operations per update. Every run gave the
 same first/final counts as before (5/5, 4/5 and 10/10, 9/10): the new code computes the same
 floats (tests compare it with the code it replaced, bit for bit).
