@@ -14,9 +14,15 @@ The module reads top to bottom:
    :class:`PopulationQNetwork` (the fast hand-written backward), :func:`network_sizes` (the one
    state-dict parser), :func:`clip_grad_norm_per_agent_`;
 3. the environments of a population: :class:`AgentEnvs` (a vector env per agent, from a
-   factory) and :class:`FamilyEnvs` (one task-family env for every agent and task);
+   factory; gymnasium's CartPoles stepped together) and :class:`FamilyEnvs` (one task-family
+   env for every agent and task);
 4. the loop: :class:`Agents` (what differs per agent: data and hooks), :class:`TrainerConfig`
    (hyperparameters), :func:`train_population`.
+
+Speed comes from doing each step's work in few tensor operations, never from changing it: the
+stacked CartPoles, the plain single-task update without autograd and the cached weight views
+give the floats the straightforward code gives (tests compare them bit for bit), because the
+course's stored results must not move when the trainer gets faster.
 """
 
 from __future__ import annotations
@@ -334,12 +340,23 @@ def _layer_outputs(obs: torch.Tensor, params: Sequence[torch.Tensor]) -> list[to
     ``params`` alternates weights ``[N, out, in]`` and biases ``[N, 1, out]``; ReLU after every
     layer but the last.
     """
+    return _mlp_outputs(obs, _transposed(params))
+
+
+def _transposed(params: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(weight [N, in, out], bias [N, 1, out])`` of every layer, the weights as views."""
+    return [(w.transpose(1, 2), b) for w, b in zip(params[0::2], params[1::2], strict=True)]
+
+
+def _mlp_outputs(
+    obs: torch.Tensor, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]
+) -> list[torch.Tensor]:
+    """:func:`_layer_outputs` from :func:`_transposed` layers (kept by the trainer, which reads
+    the same weights thousands of times)."""
     outputs = [obs]
-    n_layers = len(params) // 2
-    for layer in range(n_layers):
-        w, b = params[2 * layer], params[2 * layer + 1]
-        x = torch.baddbmm(b, outputs[-1], w.transpose(1, 2))
-        outputs.append(x.relu_() if layer < n_layers - 1 else x)
+    for layer, (w_t, b) in enumerate(layers):
+        x = torch.baddbmm(b, outputs[-1], w_t)
+        outputs.append(x.relu_() if layer < len(layers) - 1 else x)
     return outputs
 
 
@@ -363,26 +380,46 @@ class _StackedMLP(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         saved = ctx.saved_tensors
         n_layers = len(saved) // 2
-        inputs, weights = saved[:n_layers], saved[n_layers:]
-        grads: list[torch.Tensor | None] = [None] * (2 * n_layers)
-        g = grad.contiguous()  # gradient of the current layer's output
-        for layer in reversed(range(n_layers)):
-            x, w = inputs[layer], weights[layer]
-            out_dim, in_dim = w.shape[1:]
-            if ctx.needs_input_grad[1 + 2 * layer]:
-                # a batched product is several times slower when its result has short rows
-                # ([N, 256, 4]): compute the transposed product then and transpose back
-                if out_dim >= in_dim:
-                    grads[2 * layer] = torch.bmm(x.transpose(1, 2), g).transpose(1, 2)
-                else:
-                    grads[2 * layer] = torch.bmm(g.transpose(1, 2), x)
-            if ctx.needs_input_grad[2 + 2 * layer]:
-                grads[2 * layer + 1] = g.sum(1, keepdim=True)
-            if layer > 0:  # through the layer, then through the ReLU that made x (x > 0)
-                g = torch.bmm(g, w)
-                torch.ops.aten.threshold_backward.grad_input(g, x, 0.0, grad_input=g)
-        grad_obs = torch.bmm(g, weights[0]) if ctx.needs_input_grad[0] else None
-        return (grad_obs, *grads)
+        return tuple(_mlp_backward(saved[:n_layers], saved[n_layers:], grad, ctx.needs_input_grad))
+
+
+def _mlp_backward(
+    inputs: Sequence[torch.Tensor],
+    weights: Sequence[torch.Tensor],
+    grad: torch.Tensor,
+    needs_grad: Sequence[bool],
+) -> list[torch.Tensor | None]:
+    """The backward pass of :func:`_layer_outputs`: gradients of ``(obs, w_1, b_1, ...)``.
+
+    Args:
+        inputs: ``[obs, h_1, ..., h_{L-1}]``, the input of every layer (after its ReLU).
+        weights: ``[N, out, in]`` of every layer.
+        grad: Gradient of the output ``[N, B, A]``.
+        needs_grad: Whether each of ``(obs, w_1, b_1, ...)`` needs its gradient.
+
+    Returns:
+        The gradients in that order (None where not needed).
+    """
+    n_layers = len(weights)
+    grads: list[torch.Tensor | None] = [None] * (2 * n_layers)
+    g = grad.contiguous()  # gradient of the current layer's output
+    for layer in reversed(range(n_layers)):
+        x, w = inputs[layer], weights[layer]
+        out_dim, in_dim = w.shape[1:]
+        if needs_grad[1 + 2 * layer]:
+            # a batched product is several times slower when its result has short rows
+            # ([N, 256, 4]): compute the transposed product then and transpose back
+            if out_dim >= in_dim:
+                grads[2 * layer] = torch.bmm(x.transpose(1, 2), g).transpose(1, 2)
+            else:
+                grads[2 * layer] = torch.bmm(g.transpose(1, 2), x)
+        if needs_grad[2 + 2 * layer]:
+            grads[2 * layer + 1] = g.sum(1, keepdim=True)
+        if layer > 0:  # through the layer, then through the ReLU that made x (x > 0)
+            g = torch.bmm(g, w)
+            torch.ops.aten.threshold_backward.grad_input(g, x, 0.0, grad_input=g)
+    grad_obs = torch.bmm(g, weights[0]) if needs_grad[0] else None
+    return [grad_obs, *grads]
 
 
 @torch.no_grad()
@@ -400,11 +437,13 @@ def clip_grad_norm_per_agent_(params: Sequence[torch.Tensor], max_norm: float) -
         ``[N]`` the norms before clipping.
     """
     grads = [p.grad for p in params]
-    norms = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0).sqrt()
+    squares = torch._foreach_pow(grads, 2)
+    per_agent = [s.sum(tuple(range(1, s.dim()))) if s.dim() > 1 else s for s in squares]
+    norms = torch.stack(per_agent).sum(0).sqrt()
     if max_norm < float("inf"):
         scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-        for g in grads:
-            g.mul_(scale.view(-1, *([1] * (g.dim() - 1))))
+        shaped = {g.dim(): scale.view(-1, *([1] * (g.dim() - 1))) for g in grads}
+        torch._foreach_mul_(grads, [shaped[g.dim()] for g in grads])
     return norms
 
 
@@ -454,6 +493,12 @@ class AgentEnvs:
 
     ``reset(seeds)`` resets ``envs[a]`` with ``derive_seed(seeds[a], Purpose.ENV)`` (gymnasium
     seeds its sub-env ``i`` with that plus ``i``). Every row is task 0.
+
+    When every env is gymnasium's plain ``CartPoleVectorEnv`` (``cartpole_vec``), the agents'
+    CartPoles are stepped together by :class:`_StackedCartPoles`: one numpy call over all
+    ``N * B`` rows instead of ``N`` calls, with each agent's own reset generator, so every
+    episode is the one ``envs[a].step`` would give (a test checks it bit for bit). The state
+    then lives here: step the envs through this object only.
     """
 
     def __init__(self, envs: Sequence[VectorEnv]) -> None:
@@ -461,15 +506,20 @@ class AgentEnvs:
         self.obs_dim, self.n_actions = _check_spaces(self.envs[0])
         self.n_agents = len(self.envs)
         self.tasks = torch.zeros(self.n_agents, self.envs[0].num_envs, dtype=torch.int64)
+        self._stacked = _StackedCartPoles(self.envs) if _StackedCartPoles.fits(self.envs) else None
 
     def reset(self, seeds: Sequence[int], purpose: Purpose = Purpose.ENV, *keys: int) -> np.ndarray:
         obs = [
             env.reset(seed=derive_seed(s, purpose, *keys))[0]
             for env, s in zip(self.envs, seeds, strict=True)
         ]
+        if self._stacked is not None:
+            self._stacked.reset()
         return np.stack(obs).reshape(self.n_agents, -1, self.obs_dim)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if self._stacked is not None:
+            return self._stacked.step(actions)
         results = [env.step(a) for env, a in zip(self.envs, actions, strict=True)]
         next_obs = np.stack([r[0] for r in results]).reshape(self.n_agents, -1, self.obs_dim)
         rewards, terminated, truncated = (np.stack([r[i] for r in results]) for i in (1, 2, 3))
@@ -478,6 +528,88 @@ class AgentEnvs:
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+class _StackedCartPoles:
+    """The CartPoles of ``N`` agents (``B`` each) stepped in one numpy call over ``N * B`` rows.
+
+    The arithmetic of gymnasium's ``CartPoleVectorEnv.step`` (Euler integration, next-step
+    autoreset), elementwise on float64 like gymnasium's, so every row gets the same floats;
+    agent ``a``'s finished sub-envs restart from ``envs[a].np_random``, drawn as its own env
+    would draw them. Stepping the agents one by one cost most of a vector step in Python.
+    """
+
+    _PHYSICS = ("gravity", "masspole", "total_mass", "length", "polemass_length", "force_mag")
+    _LIMITS = ("tau", "x_threshold", "theta_threshold_radians", "max_episode_steps")
+
+    @classmethod
+    def fits(cls, envs: Sequence[VectorEnv]) -> bool:
+        """Whether ``envs`` are plain ``CartPoleVectorEnv`` of equal sizes and constants."""
+        from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
+
+        if not all(type(env) is CartPoleVectorEnv for env in envs):
+            return False
+        first = envs[0]
+        return all(
+            env.kinematics_integrator == "euler"
+            and not getattr(env, "_sutton_barto_reward", False)
+            and env.num_envs == first.num_envs
+            and all(getattr(env, k) == getattr(first, k) for k in cls._PHYSICS + cls._LIMITS)
+            for env in envs
+        )
+
+    def __init__(self, envs: Sequence[Any]) -> None:
+        self.envs = list(envs)
+        self.n_agents, self.n_envs = len(self.envs), self.envs[0].num_envs
+        self.state = np.zeros((4, self.n_agents * self.n_envs))
+        self.steps = np.zeros(self.n_agents * self.n_envs, dtype=np.int32)
+        self.prev_done = np.zeros(self.n_agents * self.n_envs, dtype=np.bool_)
+
+    def reset(self) -> None:
+        """Take over the state of the envs just reset."""
+        self.state = np.concatenate([env.state for env in self.envs], axis=1)
+        self.steps[:] = 0
+        self.prev_done[:] = False
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``CartPoleVectorEnv.step`` of every agent; arrays ``[N, B, ...]``."""
+        env = self.envs[0]
+        action = np.asarray(actions).reshape(-1)
+        if action.shape != self.steps.shape or not ((action == 0) | (action == 1)).all():
+            raise ValueError(f"expected {self.steps.shape[0]} actions, each 0 or 1; got {actions}")
+        x, x_dot, theta, theta_dot = self.state
+        force = np.sign(action - 0.5) * env.force_mag
+        costheta, sintheta = np.cos(theta), np.sin(theta)
+        temp = (force + env.polemass_length * np.square(theta_dot) * sintheta) / env.total_mass
+        thetaacc = (env.gravity * sintheta - costheta * temp) / (
+            env.length * (4.0 / 3.0 - env.masspole * np.square(costheta) / env.total_mass)
+        )
+        xacc = temp - env.polemass_length * thetaacc * costheta / env.total_mass
+        x, x_dot = x + env.tau * x_dot, x_dot + env.tau * xacc
+        theta, theta_dot = theta + env.tau * theta_dot, theta_dot + env.tau * thetaacc
+        self.state = np.stack((x, x_dot, theta, theta_dot))
+        limit = env.theta_threshold_radians
+        terminated = (
+            (x < -env.x_threshold) | (x > env.x_threshold) | (theta < -limit) | (theta > limit)
+        )
+        self.steps += 1
+        truncated = self.steps >= env.max_episode_steps
+        reward = np.ones_like(terminated, dtype=np.float32)
+        restart = self.prev_done
+        if restart.any():
+            for a, rows in enumerate(restart.reshape(self.n_agents, self.n_envs)):
+                if rows.any():  # agent a's env draws its restarts alone, in column order
+                    part = self.state[:, a * self.n_envs : (a + 1) * self.n_envs]
+                    e = self.envs[a]
+                    part[:, rows] = e.np_random.uniform(e.low, e.high, size=(4, rows.sum()))
+            self.steps[restart] = 0
+            reward[restart] = 0.0
+            terminated[restart] = False
+            truncated[restart] = False
+        self.prev_done = terminated | truncated
+        shape = (self.n_agents, self.n_envs)
+        obs = self.state.T.astype(np.float32).reshape(*shape, 4)
+        return obs, reward.reshape(shape), terminated.reshape(shape), truncated.reshape(shape)
 
 
 class FamilyEnvs:
@@ -779,6 +911,8 @@ class FusedAdam:
             }
             for ps in (g["params"] for g in self.param_groups)
         ]
+        self._all_params = [p for group in self.param_groups for p in group["params"]]
+        self._all_state = {k: [t for s in self.state for t in s[k]] for k in self.state[0]}
 
     def zero_grad(self) -> None:
         """Drop every gradient (``set_to_none``)."""
@@ -789,25 +923,32 @@ class FusedAdam:
     @torch.no_grad()
     def step(self) -> None:
         """One Adam step of every parameter (all must have a gradient)."""
+        lrs = {float(group["lr"]) for group in self.param_groups}
+        if len(lrs) == 1:  # one kernel call for all groups: the same numbers, tensor by tensor
+            self._step(self._all_params, self._all_state, lrs.pop())
+            return
         for group, state in zip(self.param_groups, self.state, strict=True):
-            torch._foreach_add_(state["step"], 1)
-            torch._fused_adam_(
-                group["params"],
-                [p.grad for p in group["params"]],
-                state["exp_avg"],
-                state["exp_avg_sq"],
-                [],
-                state["step"],
-                amsgrad=False,
-                lr=float(group["lr"]),
-                beta1=self.betas[0],
-                beta2=self.betas[1],
-                weight_decay=0.0,
-                eps=self.eps,
-                maximize=False,
-                grad_scale=None,
-                found_inf=None,
-            )
+            self._step(group["params"], state, float(group["lr"]))
+
+    def _step(self, params: list[torch.Tensor], state: dict[str, list], lr: float) -> None:
+        torch._foreach_add_(state["step"], 1)
+        torch._fused_adam_(
+            params,
+            [p.grad for p in params],
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            [],
+            state["step"],
+            amsgrad=False,
+            lr=lr,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            weight_decay=0.0,
+            eps=self.eps,
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
+        )
 
 
 _STATS = ("loss", "q_mean", "penalty")  # the statistics of every update
@@ -881,11 +1022,47 @@ class _Trainer:
         self.same_task: torch.Tensor | None = None  # of the last conflict() call
         self.sums = {k: torch.zeros(self.n_agents, device=device) for k in _STATS}
         self.n_logged = self.n_updates = self.since_target = 0
+        self.plain = (
+            self.n_tasks == 1
+            and agents.n_heads == 1
+            and agents.inputs is None
+            and agents.penalty is None
+            and not agents.pcgrad
+        )
+        self.q_params = [t for pair in self.q_net.layers() for t in pair]
+        # views of the weights, which every update changes in place
+        self.q_weights = [p.detach() for p in self.q_params[0::2]]
+        self.q_layers = _transposed([p.detach() for p in self.q_params])
+        target = [t.detach() for pair in self.target_net.layers() for t in pair]
+        self.target_layers = _transposed(target)
+        self.row_weight: torch.Tensor | None = None  # d(mean)/d(row), as autograd computes it
 
     def q_values(self, net: nn.Module, obs: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         """``[N, B, A]`` of a network on observations ``[N, B, D]`` of tasks ``[N, B]``."""
+        if self.plain and net is self.q_net:  # the network's forward without its checks
+            return _mlp_outputs(obs, self.q_layers)[-1]
         inputs = self.agents.inputs
         return net(obs if inputs is None else inputs(obs, tasks), tasks)
+
+    def td_targets(self, batch: Batch) -> torch.Tensor:
+        """``[N, B]`` :func:`course.dqn.td_target` (or :func:`course.dqn.double_td_target`)."""
+        from course.dqn import double_td_target, td_target
+
+        cfg = self.cfg
+
+        def q_next(net: nn.Module, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+            if self.plain:  # the network's forward without its checks
+                return _mlp_outputs(batch.next_obs, layers)[-1]
+            return self.q_values(net, batch.next_obs, batch.tasks)
+
+        with torch.no_grad():
+            next_target = q_next(self.target_net, self.target_layers)
+            if not cfg.double_dqn:
+                return td_target(batch.rewards, next_target, batch.terminated, cfg.gamma)
+            next_online = q_next(self.q_net, self.q_layers)
+        return double_td_target(
+            batch.rewards, next_online, next_target, batch.terminated, cfg.gamma
+        )
 
     def task_losses(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``([N, K] mean Huber TD loss over each task's rows, [N] mean Q of taken actions)``.
@@ -893,25 +1070,42 @@ class _Trainer:
         The per-row loss and targets are those of :func:`course.dqn.dqn_loss` with
         :func:`course.dqn.td_target` (or :func:`course.dqn.double_td_target`).
         """
-        from course.dqn import double_td_target, td_target
         from course.multitask import per_task_mean
 
-        cfg = self.cfg
-        with torch.no_grad():
-            next_target = self.q_values(self.target_net, batch.next_obs, batch.tasks)
-            if cfg.double_dqn:
-                next_online = self.q_values(self.q_net, batch.next_obs, batch.tasks)
-                targets = double_td_target(
-                    batch.rewards, next_online, next_target, batch.terminated, cfg.gamma
-                )
-            else:
-                targets = td_target(batch.rewards, next_target, batch.terminated, cfg.gamma)
+        targets = self.td_targets(batch)
         q = self.q_values(self.q_net, batch.obs, batch.tasks)
         taken = q.gather(-1, batch.actions.unsqueeze(-1)).squeeze(-1)
         rows = F.smooth_l1_loss(taken, targets, reduction="none")
         if self.n_tasks == 1:  # the plain mean of dqn_loss
             return rows.mean(-1, keepdim=True), taken.detach().mean(-1)
         return per_task_mean(rows, batch.tasks, self.n_tasks), taken.detach().mean(-1)
+
+    def plain_gradients(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`task_losses` of one task and its gradients (set as ``.grad``), without autograd.
+
+        The gradient autograd computes, written out: the Huber loss's derivative is the TD
+        error clipped to ``[-1, 1]``, times ``1 / B`` (the mean's), scattered onto the taken
+        actions and sent through :func:`_mlp_backward`; the same operations on the same
+        tensors, so the same floats (a test checks it), without building the graph (autograd's
+        bookkeeping was a third of an update's time on the course's small networks).
+        Only for the plain case: one task and head, no ``inputs``, penalty or PCGrad. It reads
+        the weights through detached views, so no operation here records a graph.
+        """
+        targets = self.td_targets(batch)
+        outputs = _mlp_outputs(batch.obs, self.q_layers)
+        index = batch.actions.unsqueeze(-1)
+        taken = outputs[-1].gather(-1, index).squeeze(-1)
+        rows = F.smooth_l1_loss(taken, targets, reduction="none")
+        if self.row_weight is None or self.row_weight.shape != rows.shape:
+            self.row_weight = torch.ones((), device=self.device).expand(rows.shape) / rows.shape[1]
+        d_taken = (taken - targets).clamp_(-1.0, 1.0).mul_(self.row_weight)
+        d_q = torch.zeros_like(outputs[-1]).scatter_add_(-1, index, d_taken.unsqueeze(-1))
+        needs = [False, *(p.requires_grad for p in self.q_params)]
+        grads = _mlp_backward(outputs[:-1], self.q_weights, d_q, needs)
+        for p, g in zip(self.q_params, grads[1:], strict=True):
+            if g is not None:
+                p.grad = g.contiguous()
+        return rows.mean(-1, keepdim=True), taken.mean(-1)
 
     def trunk_task_grads(self, losses: torch.Tensor) -> list[list[torch.Tensor]]:
         """For every task, the gradient of its loss (summed over agents) w.r.t. the trunk."""
@@ -924,12 +1118,26 @@ class _Trainer:
 
     def update(self) -> dict[str, torch.Tensor]:
         """One gradient step of every agent; returns ``[N]`` statistics."""
+        batch = self.replay.sample(self.sample_u.next()[0])
+        if self.plain:
+            losses, q_mean = self.plain_gradients(batch)
+            penalty = None
+        else:
+            losses, q_mean, penalty = self.autograd_gradients(batch)
+        clip_grad_norm_per_agent_(self.params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        return {"loss": losses.detach().sum(-1), "q_mean": q_mean, "penalty": penalty}
+
+    def autograd_gradients(
+        self, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`task_losses` (``[N, K]``, ``[N]``), the penalty ``[N]`` (None without one),
+        and their gradients (set as ``.grad``), the trunk's summed or combined by PCGrad."""
         from course.multitask import pcgrad
 
-        batch = self.replay.sample(self.sample_u.next()[0])
         losses, q_mean = self.task_losses(batch)  # [N, K], [N]
         total = losses.sum()
-        penalty = torch.zeros(self.n_agents, device=self.device)
+        penalty = None
         if self.agents.penalty is not None:
             penalty = self.agents.penalty(self.q_net)
             total = total + penalty.sum()
@@ -947,9 +1155,7 @@ class _Trainer:
                     n = p[a].numel()
                     p.grad[a] = combined[offset : offset + n].view_as(p[a])
                     offset += n
-        clip_grad_norm_per_agent_(self.params, self.cfg.max_grad_norm)
-        self.optimizer.step()
-        return {"loss": losses.detach().sum(-1), "q_mean": q_mean, "penalty": penalty.detach()}
+        return losses, q_mean, None if penalty is None else penalty.detach()
 
     def conflict(self) -> torch.Tensor:
         """``[N, K, K]`` :func:`course.multitask.gradient_conflict` on one fresh batch."""
@@ -985,7 +1191,8 @@ class _Trainer:
         """Update until ``due`` updates are done, with the target-network updates between."""
         while self.n_updates < due:
             for key, value in self.update().items():
-                self.sums[key] += value
+                if value is not None:  # no penalty adds 0
+                    self.sums[key] += value
             self.n_logged += 1
             self.n_updates += 1
             self.since_target += 1
@@ -1061,105 +1268,134 @@ def train_population(
     Returns:
         A :class:`PopulationRun`.
     """
-    from course.dqn import linear_schedule, real_transitions
+    from course.dqn import linear_schedule
 
     start_time = time.perf_counter()
     cfg, device = config, default_device(device)
-    envs, N = agents.envs, len(agents.seeds)
-    B = envs.tasks.shape[1]
+    B = agents.envs.tasks.shape[1]
     if B > cfg.buffer_size:
         raise ValueError(f"{B} sub-envs per agent exceed buffer_size; use a larger buffer")
     run = _Trainer(agents, cfg, device)
-    act_u = _RandomBlocks(
-        lambda g: (
-            torch.rand(_BLOCK, B, generator=g),
-            torch.randint(envs.n_actions, (_BLOCK, B), generator=g),
-        ),
-        seeded_generators(agents.seeds, Purpose.ACT),
-        torch.device("cpu"),
-    )
-    tasks_dev = envs.tasks.to(device)
-    obs_np = envs.reset(agents.seeds)
-    prev_done = torch.zeros(N, B, dtype=torch.bool)
-    episodes = _EpisodeLog(N, B)
-    log: dict[str, list] = {
-        k: [] for k in ("steps", "scores", "conflict", "same_task", "epsilon", "lr")
-    }
-    log.update({k: [] for k in run.sums})
+    collector = _Collector(agents, run)
+    bar = tqdm(total=total_steps, disable=not progress, unit="step", leave=False)
+    log = _EvalLog(agents, run, callback, bar)
     epsilon, lr = cfg.eps_start, cfg.lr
     eps_duration = int(cfg.exploration_fraction * total_steps)
-    eval_time = 0.0
+    log.evaluate(0, epsilon, lr)
+    step, next_eval = 0, eval_every
+    while step < total_steps:
+        epsilon = linear_schedule(cfg.eps_start, cfg.eps_end, eps_duration, step)
+        collector.step(epsilon, step + B)
+        step += B
+        lr = run.set_lr(step, total_steps)
+        run.train_until(int(max(0, step - cfg.learning_starts) * cfg.updates_per_step))
+        if step >= next_eval or step >= total_steps:
+            log.evaluate(step, epsilon, lr)
+            next_eval += eval_every
+        bar.update(B)
+    bar.close()
+    return log.result(collector.episodes, time.perf_counter() - start_time)
 
-    def q_fn(obs: torch.Tensor, obs_tasks: torch.Tensor) -> torch.Tensor:
-        return run.q_values(run.q_net, obs, obs_tasks)
 
-    def evaluate_now(step: int) -> None:
-        nonlocal eval_time
+class _Collector:
+    """Steps 1-2 of :func:`train_population`: act, step the environments, store in the replay."""
+
+    def __init__(self, agents: Agents, run: _Trainer) -> None:
+        self.envs, self.run = agents.envs, run
+        N, B = self.envs.tasks.shape
+        self.act_u = _RandomBlocks(
+            lambda g: (
+                torch.rand(_BLOCK, B, generator=g),
+                torch.randint(self.envs.n_actions, (_BLOCK, B), generator=g),
+            ),
+            seeded_generators(agents.seeds, Purpose.ACT),
+            torch.device("cpu"),
+        )
+        self.tasks = self.envs.tasks.to(run.device)
+        self.obs = self.envs.reset(agents.seeds)
+        self.prev_done = torch.zeros(N, B, dtype=torch.bool)
+        self.episodes = _EpisodeLog(N, B)
+
+    def step(self, epsilon: float, step_after: int) -> None:
+        """One vector step of every agent; ``step_after``: the steps taken once it is done."""
+        from course.dqn import real_transitions
+
+        run, device = self.run, self.run.device
+        explore_u, random_actions = self.act_u.next()
+        obs = torch.as_tensor(self.obs, dtype=torch.float32)
+        with torch.no_grad():
+            greedy = run.q_values(run.q_net, obs.to(device), self.tasks).argmax(dim=-1).cpu()
+        actions = torch.where(explore_u < epsilon, random_actions, greedy)
+        next_obs, rewards, terminated, truncated = self.envs.step(actions.numpy())
+        valid = real_transitions(self.prev_done)
+        run.replay.add(
+            obs.to(device),
+            actions.to(device),
+            torch.as_tensor(rewards, dtype=torch.float32, device=device),
+            torch.as_tensor(next_obs, dtype=torch.float32, device=device),
+            torch.as_tensor(terminated, device=device),
+            valid.to(device),
+            self.tasks,
+        )
+        done = terminated | truncated
+        self.episodes.record(step_after, rewards, done, valid.numpy())
+        self.prev_done, self.obs = torch.from_numpy(done), next_obs
+
+
+class _EvalLog:
+    """Step 4 of :func:`train_population`: the evaluations, the statistics, the result."""
+
+    def __init__(
+        self,
+        agents: Agents,
+        run: _Trainer,
+        callback: Callable[[int, dict[str, Any]], None] | None,
+        bar: Any,
+    ) -> None:
+        self.agents, self.run, self.callback, self.bar = agents, run, callback, bar
+        keys = ("steps", "scores", "conflict", "same_task", "epsilon", "lr", *run.sums)
+        self.log: dict[str, list] = {k: [] for k in keys}
+        self.eval_time = 0.0
+
+    def evaluate(self, step: int, epsilon: float, lr: float) -> None:
+        """Score every agent at ``step``, and log the statistics since the last evaluation."""
+        run, log = self.run, self.log
         eval_start = time.perf_counter()
         with torch.no_grad():
-            scores = agents.score(q_fn, len(log["steps"]))
-        eval_time += time.perf_counter() - eval_start
+            scores = self.agents.score(
+                lambda obs, tasks: run.q_values(run.q_net, obs, tasks), len(log["steps"])
+            )
+        self.eval_time += time.perf_counter() - eval_start
         log["steps"].append(step)
         log["scores"].append(scores)
         log["conflict"].append(run.conflict())
-        if agents.noise_baseline:
+        if self.agents.noise_baseline:
             log["same_task"].append(run.same_task)
         stats = run.take_stats()
         for key, value in stats.items():
             log[key].append(value)
         log["epsilon"].append(epsilon)
         log["lr"].append(lr)
-        if callback is not None:
-            callback(step, {"score": scores.mean(-1), **stats, "epsilon": epsilon, "lr": lr})
-        bar.set_postfix(score=f"{scores.mean():.2f}", refresh=False)
+        if self.callback is not None:
+            self.callback(step, {"score": scores.mean(-1), **stats, "epsilon": epsilon, "lr": lr})
+        self.bar.set_postfix(score=f"{scores.mean():.2f}", refresh=False)
 
-    bar = tqdm(total=total_steps, disable=not progress, unit="step", leave=False)
-    evaluate_now(0)
-    step, next_eval = 0, eval_every
-    while step < total_steps:
-        explore_u, random_actions = act_u.next()
-        epsilon = linear_schedule(cfg.eps_start, cfg.eps_end, eps_duration, step)
-        obs = torch.as_tensor(obs_np, dtype=torch.float32)
-        with torch.no_grad():
-            greedy = q_fn(obs.to(device), tasks_dev).argmax(dim=-1).cpu()
-        actions = torch.where(explore_u < epsilon, random_actions, greedy)
-        next_obs_np, rewards_np, terminated_np, truncated_np = envs.step(actions.numpy())
-        valid = real_transitions(prev_done)
-        run.replay.add(
-            obs.to(device),
-            actions.to(device),
-            torch.as_tensor(rewards_np, dtype=torch.float32, device=device),
-            torch.as_tensor(next_obs_np, dtype=torch.float32, device=device),
-            torch.as_tensor(terminated_np, device=device),
-            valid.to(device),
-            tasks_dev,
+    def result(self, episodes: _EpisodeLog, wall_time: float) -> PopulationRun:
+        """The :class:`PopulationRun` of the evaluations logged."""
+        log, run = self.log, self.run
+        return PopulationRun(
+            steps=torch.tensor(log["steps"]),
+            scores=torch.stack(log["scores"], dim=1),
+            stats={
+                **{k: torch.stack(log[k], dim=1) for k in run.sums},
+                "epsilon": torch.tensor(log["epsilon"]),
+                "lr": torch.tensor(log["lr"]),
+            },
+            conflict=torch.stack(log["conflict"], dim=1),
+            episode_steps=[torch.tensor(s, dtype=torch.int64) for s in episodes.steps],
+            episode_returns=[torch.tensor(r, dtype=torch.float32) for r in episodes.returns],
+            network=run.q_net,
+            wall_time=wall_time,
+            eval_time=self.eval_time,
+            same_task=torch.stack(log["same_task"], dim=1) if self.agents.noise_baseline else None,
         )
-        step += B
-        done_np = terminated_np | truncated_np
-        episodes.record(step, rewards_np, done_np, valid.numpy())
-        prev_done, obs_np = torch.from_numpy(done_np), next_obs_np
-
-        lr = run.set_lr(step, total_steps)
-        due = int(max(0, step - cfg.learning_starts) * cfg.updates_per_step)
-        run.train_until(due)
-        if step >= next_eval or step >= total_steps:
-            evaluate_now(step)
-            next_eval += eval_every
-        bar.update(B)
-    bar.close()
-    return PopulationRun(
-        steps=torch.tensor(log["steps"]),
-        scores=torch.stack(log["scores"], dim=1),
-        stats={
-            **{k: torch.stack(log[k], dim=1) for k in run.sums},
-            "epsilon": torch.tensor(log["epsilon"]),
-            "lr": torch.tensor(log["lr"]),
-        },
-        conflict=torch.stack(log["conflict"], dim=1),
-        episode_steps=[torch.tensor(s, dtype=torch.int64) for s in episodes.steps],
-        episode_returns=[torch.tensor(r, dtype=torch.float32) for r in episodes.returns],
-        network=run.q_net,
-        wall_time=time.perf_counter() - start_time,
-        eval_time=eval_time,
-        same_task=torch.stack(log["same_task"], dim=1) if agents.noise_baseline else None,
-    )

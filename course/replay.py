@@ -294,6 +294,7 @@ class PopulationReplay:
         self.cursor = torch.zeros(self.n_agents, dtype=torch.int64, device=self.device)
         self.size = torch.zeros(self.n_agents, dtype=torch.int64, device=self.device)
         self._offset = torch.arange(self.n_agents, device=self.device).unsqueeze(1) * capacity
+        self._filled = False  # whether every agent has a transition (checked until it has)
 
     @property
     def storage(self) -> Batch:
@@ -303,11 +304,14 @@ class PopulationReplay:
 
     def _unpack(self, rows: torch.Tensor) -> Batch:
         f = self._obs_size
+        obs, next_obs = rows[..., :f], rows[..., f : 2 * f]
+        if len(self.obs_shape) > 1:
+            obs, next_obs = (o.unflatten(-1, self.obs_shape) for o in (obs, next_obs))
         return Batch(
-            obs=rows[..., :f].unflatten(-1, self.obs_shape),
+            obs=obs,
             actions=rows[..., 2 * f].long(),
             rewards=rows[..., 2 * f + 1],
-            next_obs=rows[..., f : 2 * f].unflatten(-1, self.obs_shape),
+            next_obs=next_obs,
             terminated=rows[..., 2 * f + 2] != 0,
             tasks=rows[..., 2 * f + 3].long(),
         )
@@ -352,7 +356,7 @@ class PopulationReplay:
             terminated.unsqueeze(-1),
             (torch.zeros_like(actions) if tasks is None else tasks).unsqueeze(-1),
         ]
-        packed = torch.cat([c.to(torch.float32) for c in columns], dim=-1)
+        packed = torch.cat(columns, dim=-1)  # promoted to a float type, stored as float32
         self.rows[slots[valid]] = packed[valid]
         count = valid.sum(1)
         self.cursor = (self.cursor + count) % self.capacity
@@ -372,8 +376,12 @@ class PopulationReplay:
         Raises:
             ValueError: If some agent has no stored transition.
         """
-        if bool((self.size == 0).any()):
-            raise ValueError("cannot sample: some agent's replay is empty; add transitions first")
+        if not self._filled:
+            self._filled = bool((self.size > 0).all())  # stays true: replays only grow
+            if not self._filled:
+                raise ValueError(
+                    "cannot sample: some agent's replay is empty; add transitions first"
+                )
         size = self.size.unsqueeze(1)
         idx = torch.minimum((uniform * size).long(), size - 1) + self._offset
         rows = self.rows.index_select(0, idx.flatten()).view(*idx.shape, -1)

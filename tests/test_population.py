@@ -8,16 +8,19 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 
 from course.dqn import DQNConfig, QNetwork, train_dqn, train_dqn_agents
 from course.envs import CARTPOLE_TASKS, grid_tasks, make_cartpole_vec
 from course.multitask import MultiHeadQNetwork, MultiTaskConfig, train_multitask_dqn
 from course.population import (
     AgentEnvs,
+    Agents,
     FusedAdam,
     PopulationQNetwork,
     Purpose,
     _StackedMLP,
+    _Trainer,
     clip_grad_norm_per_agent_,
     default_device,
     derive_seed,
@@ -155,6 +158,63 @@ def test_gradient_clipping_is_per_agent():
     torch.testing.assert_close(a.grad[1, 0], torch.tensor(0.3))  # under the limit: untouched
 
 
+@pytest.mark.parametrize(("double_dqn", "frozen"), [(True, ()), (False, ()), (True, ("trunk",))])
+def test_plain_gradients_are_autograds_bit_for_bit(double_dqn, frozen):
+    cfg = dataclasses.replace(TINY, double_dqn=double_dqn, hidden=(16, 8))
+    envs = AgentEnvs([gym.make_vec("CartPole-v1", num_envs=4) for _ in range(2)])
+    trainer = _Trainer(Agents((0, 1), envs, 1, score=None, frozen=frozen), cfg, torch.device("cpu"))
+    assert trainer.plain
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):  # rewards of +-3 give TD errors on both sides of the Huber loss's kink
+        obs, next_obs = torch.randn(2, 2, 4, 4, generator=gen)
+        trainer.replay.add(
+            obs,
+            torch.randint(0, 2, (2, 4), generator=gen),
+            torch.randn(2, 4, generator=gen) * 3,
+            next_obs,
+            torch.rand(2, 4, generator=gen) < 0.3,
+            torch.ones(2, 4, dtype=torch.bool),
+        )
+    batch = trainer.replay.sample(torch.rand(2, cfg.batch_size, generator=gen))
+    plain = trainer.plain_gradients(batch)
+    plain_grads = [None if p.grad is None else p.grad.clone() for p in trainer.q_params]
+    trainer.plain = False
+    auto = trainer.autograd_gradients(batch)
+    for mine, theirs in zip(plain, auto, strict=False):
+        assert torch.equal(mine, theirs)
+    for i, (p, g) in enumerate(zip(trainer.q_params, plain_grads, strict=True)):
+        in_trunk = i < 2 * len(cfg.hidden)
+        assert (p.grad is None) == (g is None) == (bool(frozen) and in_trunk)
+        assert g is None or torch.equal(p.grad, g)
+
+
+def test_stacked_cartpoles_step_like_each_agents_own_env():
+    def envs(n_agents):
+        return [CartPoleVectorEnv(num_envs=3, max_episode_steps=15) for _ in range(n_agents)]
+
+    stacked, alone = AgentEnvs(envs(3)), envs(3)
+    assert stacked._stacked is not None
+    seeds = [4, 5, 6]
+    obs = stacked.reset(seeds)
+    alone_obs = [e.reset(seed=derive_seed(s, Purpose.ENV))[0] for e, s in zip(alone, seeds)]
+    assert np.array_equal(obs, np.stack(alone_obs))
+    gen = np.random.default_rng(0)
+    ends = 0
+    for _ in range(200):  # many terminations, truncations and restarts
+        actions = gen.integers(0, 2, (3, 3))
+        got = stacked.step(actions)
+        want = [e.step(a)[:4] for e, a in zip(alone, actions, strict=True)]
+        for i in range(4):
+            assert np.array_equal(got[i], np.stack([w[i] for w in want]))
+            assert got[i].dtype == want[0][i].dtype
+        ends += int(got[2].sum() + got[3].sum())
+    assert ends > 20
+    with pytest.raises(ValueError, match="0 or 1"):
+        stacked.step(np.full((3, 3), 2))
+    # any other env (a wrapper, another CartPole) is stepped env by env
+    assert AgentEnvs([make_cartpole_vec([CARTPOLE_TASKS["default"]], 3)])._stacked is None
+
+
 # --- the trainer ------------------------------------------------------------------------------
 
 
@@ -205,14 +265,15 @@ def test_one_task_multitask_agent_runs_with_no_conflict():
     assert result.history[-1]["step"] == 400.0
 
 
-def test_fused_adam_gives_torch_adams_numbers():
+@pytest.mark.parametrize("head_lr", [3e-3, 1e-2])  # groups of different and of equal rates
+def test_fused_adam_gives_torch_adams_numbers(head_lr):
     gen = torch.Generator().manual_seed(0)
     ours = [torch.randn(3, 4, generator=gen).requires_grad_() for _ in range(2)]
     theirs = [p.detach().clone().requires_grad_() for p in ours]
-    groups = [{"params": ours[:1], "lr": 1e-2}, {"params": ours[1:], "lr": 3e-3}]
+    groups = [{"params": ours[:1], "lr": 1e-2}, {"params": ours[1:], "lr": head_lr}]
     mine = FusedAdam(groups)
     torch_adam = torch.optim.Adam(
-        [{"params": theirs[:1], "lr": 1e-2}, {"params": theirs[1:], "lr": 3e-3}], fused=True
+        [{"params": theirs[:1], "lr": 1e-2}, {"params": theirs[1:], "lr": head_lr}], fused=True
     )
     for step in range(5):
         grads = [torch.randn(3, 4, generator=gen) for _ in ours]
